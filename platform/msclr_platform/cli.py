@@ -1,0 +1,67 @@
+"""The `msclr` command: a thin argparse dispatcher over msclr_platform.commands.*.
+
+Sub-commands are listed here as (words, module, help). A command's module is imported
+only to build its parser; its heavy imports happen inside its `main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (command words, module under msclr_platform.commands, one-line help)
+COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (("conventions",), "conventions", "list the skeleton conventions in the registry"),
+    (("demo",), "demo", "core-only demo: pretrain briefly on generated data, print the probe gain"),
+    (("bench", "augment"), "bench_augment", "time the batched AimCLR augmentations"),
+    (("bench", "read"), "bench_read", "time the NTU .skeleton reader"),
+    (("data", "check"), "data_check", "validate a dataset directory"),
+    (("data", "ntu"), "data_ntu", "build a dataset from raw NTU RGB+D .skeleton files"),
+    (("data", "synth"), "data_synth", "write the synthetic multi-skeleton benchmark"),
+    (("data", "import"), "data_import", "import SkeletonCLR/AimCLR arrays, pyskl pickles, poses or mocap"),
+    (("data", "export"), "data_export", "export a dataset to a pyskl annotation pickle"),
+]
+
+
+def _available(commands):
+    """Skip commands whose module is not written yet (keeps the CLI usable while it grows)."""
+    for words, module, help_ in commands:
+        try:
+            yield words, importlib.import_module(f"msclr_platform.commands.{module}"), help_
+        except ModuleNotFoundError as err:
+            if err.name != f"msclr_platform.commands.{module}":
+                raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msclr", description="Multi-Skeleton Contrastive Learning platform")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for words, module, help_ in _available(COMMANDS):
+        if len(words) == 1:
+            sub = top.add_parser(words[0], help=help_, description=help_)
+        else:
+            group, leaf = words
+            if group not in groups:
+                gp = top.add_parser(group, help=f"{group} commands")
+                groups[group] = gp.add_subparsers(dest=f"{group}_command", metavar="COMMAND", required=True)
+            sub = groups[group].add_parser(leaf, help=help_, description=help_)
+        module.add_arguments(sub)
+        sub.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from msclr_core.errors import MsclrError
+
+    try:
+        return int(args._main(args) or 0)
+    except MsclrError as err:  # project errors already name file, sample and field
+        print(f"msclr: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
