@@ -14,3 +14,60 @@ def real_mocap_dir() -> Path:
     if not REAL_MOCAP.is_dir():
         pytest.skip(f"real-mocap fixtures not found at {REAL_MOCAP} (they live in ../shared beside the repo)")
     return REAL_MOCAP
+
+
+# ---------------------------------------------------------------- platform fixtures
+# A real MLflow server (sqlite backend) and a real local Ray runtime, both on 127.0.0.1,
+# started once per test session and shut down at the end.
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    import os
+    import signal
+
+    from msclr_platform.tracking import start_server
+
+    root = tmp_path_factory.mktemp("mlflow")
+    info = start_server(root)
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = info["uri"]
+    yield info["uri"]
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+    try:
+        os.killpg(info["pid"], signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", include_dashboard=True,
+            log_to_driver=True,
+        )  # fmt: skip
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def msclr_home(tmp_path_factory):
+    import os
+
+    home = tmp_path_factory.mktemp("msclr_home")
+    old = os.environ.get("MSCLR_HOME")
+    os.environ["MSCLR_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("MSCLR_HOME", None)
+    else:
+        os.environ["MSCLR_HOME"] = old

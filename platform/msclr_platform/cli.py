@@ -13,6 +13,11 @@ import sys
 # (command words, module under msclr_platform.commands, one-line help)
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("conventions",), "conventions", "list the skeleton conventions in the registry"),
+    (("quickstart",), "quickstart", "the whole platform on built-in data: synth data, Ray, MLflow, MS-CLR vs baseline"),
+    (("pretrain",), "pretrain", "pretrain MS-CLR with Ray Train (resumes by run name), then evaluate"),
+    (("evaluate",), "evaluate", "linear probe, kNN and multi-skeleton ensemble of a pretrained encoder"),
+    (("runs",), "runs", "compare tracked runs (`msclr runs compare [EXPERIMENT]`)"),
+    (("ui",), "ui", "start or reuse the local MLflow server and print its address"),
     (("demo",), "demo", "core-only demo: pretrain briefly on generated data, print the probe gain"),
     (("bench", "augment"), "bench_augment", "time the batched AimCLR augmentations"),
     (("bench", "read"), "bench_read", "time the NTU .skeleton reader"),

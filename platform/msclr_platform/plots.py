@@ -1,0 +1,65 @@
+"""Figures logged as MLflow artifacts (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(history: list[dict], path: Path) -> Path:
+    plt = _plt()
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(epochs, [h["loss"] for h in history], marker=".")
+    ax[0].set(xlabel="epoch", ylabel="loss", title="pretraining loss")
+    ax[1].plot(epochs, [h["lr"] for h in history], marker=".", color="tab:orange")
+    ax[1].set(xlabel="epoch", ylabel="learning rate", title="learning rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def embedding_pca(features: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
+    """2-D PCA of encoder features coloured by class (PCA: deterministic and fast, unlike t-SNE)."""
+    plt = _plt()
+    x = features - features.mean(0, keepdims=True)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    xy = x @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    cmap = plt.get_cmap("tab20")
+    for c in np.unique(labels):
+        m = labels == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=6, color=cmap(int(c) % 20), label=class_names[int(c)] if class_names else str(c))
+    ax.set(title=title, xlabel="PC1", ylabel="PC2")
+    ax.legend(fontsize=6, markerscale=2, ncol=2, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def confusion(cm: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=90, fontsize=6)
+    ax.set_yticks(ticks, class_names, fontsize=6)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,59 @@
+"""Finding runs again: MLflow run ids by name, final checkpoints, the comparison table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from msclr_core.errors import ConfigError
+
+from .config import ExperimentConfig
+from .tracking import RUN_NAME_TAG, ensure_tracking_uri
+
+KEY_METRICS = ["loss", "samples_per_s", "linear_top1", "knn_top1", "probe_knn_top1"]
+
+
+def latest_checkpoint(cfg: ExperimentConfig) -> Path:
+    from .train import CKPT_FILE, storage_path
+
+    run_dir = Path(storage_path(cfg)) / cfg.name
+    found = sorted(run_dir.glob(f"**/epoch-*/{CKPT_FILE}"), key=lambda p: p.parent.name)
+    if not found:
+        raise ConfigError(f"no checkpoint for run {cfg.name!r} under {run_dir}: run `msclr pretrain` first")
+    return found[-1]
+
+
+def final_state(cfg: ExperimentConfig) -> dict:
+    from .train import load_state
+
+    return load_state(latest_checkpoint(cfg))["model"]
+
+
+def pretrain_run_id(cfg: ExperimentConfig) -> str | None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(ensure_tracking_uri(cfg.tracking.tracking_uri, quiet=True))
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{cfg.name}'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def compare_runs(experiment: str = "msclr", tracking_uri: str | None = None):
+    """One row per run: name, kind, parent, status, conventions, stream and key metrics."""
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(ensure_tracking_uri(tracking_uri, quiet=True))
+    df = mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
+    if df.empty:
+        return pd.DataFrame()
+    cols = {
+        "tags.mlflow.runName": "run", "tags.msclr.kind": "kind", "status": "status",
+        "tags.conventions": "conventions", "tags.stream": "stream", "tags.mlflow.parentRunId": "parent",
+    }  # fmt: skip
+    metric_cols = [c for c in df.columns if c.startswith("metrics.") and c.split(".", 1)[1].split(".")[0] in KEY_METRICS]
+    out = df[[c for c in cols if c in df.columns] + metric_cols].rename(columns=cols)
+    out.columns = [c.removeprefix("metrics.") for c in out.columns]
+    out.index = df["run_id"].str[:8]
+    return out.round(4)

@@ -1,0 +1,94 @@
+"""`ray job submit` against a local head node on 127.0.0.1, as a user would run it."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def head_node(tmp_path):
+    """`ray start --head --block` in its own process group; killing the group stops it."""
+    gcs, dash = free_port(), free_port()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [
+        str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+        f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+        "--include-dashboard=true", f"--ray-client-server-port={free_port()}",
+    ]  # fmt: skip
+    log = open(tmp_path / "head.log", "wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ok = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=env, capture_output=True)
+        if ok.returncode == 0:
+            break
+        assert proc.poll() is None, (tmp_path / "head.log").read_text()
+        time.sleep(2)
+    else:
+        pytest.fail("head node did not come up:\n" + (tmp_path / "head.log").read_text()[-3000:])
+    yield address, env
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_ray_job_submit_runs_pretraining_and_logs_to_mlflow(tmp_path, head_node, mlflow_server, msclr_home):
+    from mlflow.tracking import MlflowClient
+
+    from msclr_core.data.synth import write_synth_dataset
+
+    address, env = head_node
+    data = tmp_path / "synth"
+    write_synth_dataset(data, clips=160, seed=3, conventions=["ntu-rgb+d", "smplx_42"])
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"name: job-submit-test\ndata: {{path: {data}}}\nconventions: [ntu-rgb+d, smplx_42]\n"
+        "model: {hidden_channels: 8, hidden_dim: 32, num_blocks: 2}\n"
+        "method: {feature_dim: 16, queue_size: 64}\noptim: {epochs: 1, batch_size: 32, passes_per_epoch: 1}\n"
+        f"ray: {{storage_path: {tmp_path / 'ray'}}}\ntracking: {{experiment: job-tests, system_metrics: false}}\n"
+    )
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server, "MSCLR_HOME": str(msclr_home)}}
+    submit = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait", "--working-dir", str(REPO),
+         "--runtime-env-json", json.dumps(runtime_env), "--", "msclr", "pretrain", str(cfg), "--no-eval"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    job_id = next(w for w in submit.stdout.split() if w.startswith("raysubmit_"))
+    deadline = time.monotonic() + 600
+    status = ""
+    while time.monotonic() < deadline:
+        status = subprocess.run(
+            [str(BIN / "ray"), "job", "status", "--address", address, job_id], env=env, capture_output=True, text=True
+        ).stdout  # fmt: skip
+        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+            break
+        time.sleep(3)
+    logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", address, job_id], env=env, capture_output=True, text=True).stdout
+    assert "SUCCEEDED" in status, status + logs[-4000:]
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("job-tests")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`msclr.run_name` = 'job-submit-test'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [1]

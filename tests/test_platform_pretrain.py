@@ -1,0 +1,112 @@
+"""Ray Train pretraining end to end: real local Ray, real MLflow server, real files."""
+
+import pytest
+
+from msclr_core.errors import ConfigError
+from msclr_platform.config import load_config
+
+pytestmark = pytest.mark.slow
+
+TINY = """
+name: {name}
+data: {{path: {data}, protocol: xsub}}
+conventions: [ntu-rgb+d, smplx_42]
+model: {{hidden_channels: 8, hidden_dim: 32, num_blocks: 2, dropout: 0.0}}
+method: {{feature_dim: 16, queue_size: 128, mining_epoch: 1000}}
+optim: {{epochs: 2, batch_size: 32, lr: 0.05, passes_per_epoch: 1}}
+eval: {{linear_epochs: 10, linear_milestones: [8], knn_k: 5}}
+ray: {{num_workers: 1, checkpoint_every: 1}}
+tracking: {{experiment: {experiment}, system_metrics: false}}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    from msclr_core.data.synth import write_synth_dataset
+
+    root = tmp_path_factory.mktemp("ds") / "synth"
+    write_synth_dataset(root, clips=240, seed=1, conventions=["ntu-rgb+d", "smplx_42"])
+    return root
+
+
+def tiny_config(tmp_path, dataset, name, experiment="platform-tests", overrides=()):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(TINY.format(name=name, data=dataset, experiment=experiment))
+    return load_config(p, list(overrides))
+
+
+def artifact_names(client, run_id):
+    return {a.path for a in client.list_artifacts(run_id)}
+
+
+def test_pretrain_logs_run_and_resumes_by_name(tmp_path, tiny_dataset, mlflow_server, ray_local, msclr_home):
+    from mlflow.tracking import MlflowClient
+
+    from msclr_platform.experiment import run_experiment, run_pretrain
+
+    cfg = tiny_config(tmp_path, tiny_dataset, "resume-me")
+    out = run_experiment(cfg)
+    client = MlflowClient(mlflow_server)
+    run_id = out["pretrain_run_id"]
+    run = client.get_run(run_id)
+    assert run.data.params["optim.lr"] == "0.05" and run.data.params["method.queue_size"] == "128"
+    assert run.data.tags["conventions"] == "ntu-rgb+d,smplx_42" and run.data.tags["stream"] == "joint"
+    assert "git.commit" in run.data.tags and "msclr.version" in run.data.tags
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2]
+    assert {"config.yaml", "encoder_q.pt", "training_curves.png", "embedding_pca.png"} <= artifact_names(client, run_id)
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest
+
+    eval_run = client.get_run(out["eval_run_id"])
+    assert eval_run.data.tags["mlflow.parentRunId"] == run_id
+    assert 0.0 <= eval_run.data.metrics["linear_top1"] <= 1.0
+    assert "linear_top1.ensemble" in eval_run.data.metrics and "linear_top1.smplx_42" in eval_run.data.metrics
+    assert eval_run.data.params["protocol.reported_epoch"] == "last"
+    assert {"results.csv", "confusion.png", "test_logits.npz"} <= artifact_names(client, out["eval_run_id"])
+
+    # Same name, one more epoch: the Ray run resumes from its checkpoint and the same
+    # MLflow run gets epoch 3 only (no second run, no duplicated steps).
+    cfg3 = tiny_config(tmp_path, tiny_dataset, "resume-me", overrides=["optim.epochs=3"])
+    res = run_pretrain(cfg3)
+    assert res.run_id == run_id
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
+    runs = client.search_runs([run.info.experiment_id], filter_string="tags.`msclr.run_name` = 'resume-me'")
+    assert len(runs) == 1
+
+
+def test_two_workers_train_with_gloo(tmp_path, tiny_dataset, mlflow_server, ray_local, msclr_home):
+    from mlflow.tracking import MlflowClient
+
+    from msclr_platform.experiment import run_pretrain
+
+    cfg = tiny_config(tmp_path, tiny_dataset, "two-workers", overrides=["ray.num_workers=2", "optim.epochs=1"])
+    res = run_pretrain(cfg)
+    hist = MlflowClient(mlflow_server).get_metric_history(res.run_id, "samples_per_s")
+    assert len(hist) == 1 and hist[0].value > 0
+
+
+def test_missing_resources_fail_fast_naming_them(tmp_path, tiny_dataset, mlflow_server, ray_local, msclr_home):
+    from msclr_platform.experiment import run_pretrain
+
+    cfg = tiny_config(tmp_path, tiny_dataset, "too-big", overrides=["ray.num_workers=8"])
+    with pytest.raises(ConfigError, match=r"CPU: need 8"):
+        run_pretrain(cfg)
+
+
+def test_unreachable_tracking_server_fails_before_compute(tmp_path, tiny_dataset, msclr_home):
+    from msclr_platform.experiment import run_pretrain
+
+    cfg = tiny_config(tmp_path, tiny_dataset, "no-server", overrides=["tracking.tracking_uri=http://127.0.0.1:9"])
+    with pytest.raises(ConfigError, match="unreachable"):
+        run_pretrain(cfg)
+
+
+def test_queue_not_multiple_of_global_batch_is_rejected(tmp_path, tiny_dataset, msclr_home):
+    from msclr_platform.train import preflight
+
+    cfg = tiny_config(tmp_path, tiny_dataset, "bad-queue", overrides=["method.queue_size=100"])
+    with pytest.raises(ConfigError, match="queue"):
+        preflight(cfg)
+    cfg = tiny_config(tmp_path, tiny_dataset, "bad-conv", overrides=["conventions=[ntu-rgb+d, smpl_24]"])
+    with pytest.raises(ConfigError, match="smpl_24"):
+        preflight(cfg)
