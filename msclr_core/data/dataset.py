@@ -1,0 +1,397 @@
+"""The on-disk dataset format: a directory with manifest.json and one .npy per convention.
+
+    DIR/manifest.json
+    DIR/<convention>.npy    float32 N×C×T×V×M, one per convention, same sample order
+
+The manifest holds ONE sample list (names, labels, metadata columns) shared by every
+convention array, plus the splits (protocol -> part -> sample indices). Arrays are plain
+.npy files so they can be memory-mapped: training reads rows without loading the file.
+
+Writes are atomic: everything goes into a temporary directory beside the target, which is
+renamed into place only after the manifest validates. An exception leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.format import open_memmap
+
+from msclr_core.errors import DataError
+from msclr_core.io_utils import atomic_dir, atomic_write_text
+
+FORMAT, VERSION = "msclr-dataset", 1
+UNITS = {"m": 1.0, "mm": 1e-3, "px": None}  # factor to metres (px: no metric conversion)
+CHECK_CHUNK_BYTES = 64 << 20  # check_dataset scans memmaps in chunks of at most this size
+
+
+@dataclass(frozen=True)
+class ConventionInfo:
+    name: str
+    file: str
+    unit: str
+    shape: tuple[int, ...]  # N, C, T, V, M
+
+
+@dataclass
+class Dataset:
+    root: Path
+    name: str
+    classes: list[str]
+    conventions: dict[str, ConventionInfo]
+    sample_names: list[str]
+    labels: np.ndarray  # int64, one per sample
+    meta: dict[str, list] = field(default_factory=dict)  # extra per-sample columns
+    splits: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.sample_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def _info(self, conv: str) -> ConventionInfo:
+        if conv not in self.conventions:
+            raise DataError(f"no convention {conv!r} (has {sorted(self.conventions)})",
+                            path=self.root / "manifest.json", field="conventions")
+        return self.conventions[conv]
+
+    def array(self, conv: str, mmap: bool = True) -> np.ndarray:
+        """The whole N×C×T×V×M array in its native unit (memory-mapped read-only by default)."""
+        return np.load(self.root / self._info(conv).file, mmap_mode="r" if mmap else None)
+
+    def split_indices(self, protocol: str, part: str) -> np.ndarray:
+        if protocol not in self.splits:
+            raise DataError(f"no split protocol {protocol!r} (has {sorted(self.splits)})",
+                            path=self.root / "manifest.json", field="splits")
+        if part not in self.splits[protocol]:
+            raise DataError(f"split {protocol!r} has no part {part!r} (has {sorted(self.splits[protocol])})",
+                            path=self.root / "manifest.json", field=f"splits.{protocol}")
+        return self.splits[protocol][part]
+
+    def load(self, conv: str, indices=None, unit: str | None = "m") -> np.ndarray:
+        """Rows `indices` (all when None) as an in-memory float32 array, converted to `unit`."""
+        info = self._info(conv)
+        mm = self.array(conv)
+        out = np.array(mm if indices is None else mm[np.asarray(indices, dtype=np.int64)], dtype=np.float32)
+        if unit is None or unit == info.unit:
+            return out
+        src, dst = UNITS.get(info.unit), UNITS.get(unit)
+        if src is None or dst is None:
+            raise DataError(f"cannot convert unit {info.unit!r} to {unit!r}",
+                            path=self.root / "manifest.json", field=f"conventions.{conv}.unit")
+        out *= np.float32(src / dst)
+        return out
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _read_manifest(root: Path) -> dict:
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise DataError("not a dataset directory (manifest.json missing)", path=path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"invalid JSON: {err.msg}", path=path, line=err.lineno) from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"not UTF-8 text: {err}", path=path) from None
+    if not isinstance(manifest, dict):
+        raise DataError("top level must be a JSON object", path=path)
+    return manifest
+
+
+def _require(cond: bool, msg: str, mpath: Path, fld: str) -> None:
+    if not cond:
+        raise DataError(msg, path=mpath, field=fld)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _parse(root: Path, manifest: dict) -> tuple[Dataset, list[DataError]]:
+    """Manifest -> Dataset. Structural errors raise; content problems are returned as a list
+    (load_dataset raises the first, check_dataset reports them all)."""
+    from msclr_core.conventions import get_convention
+
+    mpath = root / "manifest.json"
+    problems: list[DataError] = []
+    _require(manifest.get("format") == FORMAT, f"expected {FORMAT!r}, got {manifest.get('format')!r}", mpath, "format")
+    _require(manifest.get("version") == VERSION, f"unsupported version {manifest.get('version')!r} (reader: {VERSION})", mpath, "version")
+    for key in ("name", "classes", "conventions", "samples", "splits"):
+        _require(key in manifest, "required key missing", mpath, key)
+    name, classes = manifest["name"], manifest["classes"]
+    _require(isinstance(name, str), "must be a string", mpath, "name")
+    _require(isinstance(classes, list) and all(isinstance(c, str) for c in classes), "must be a list of strings", mpath, "classes")
+
+    samples = manifest["samples"]
+    _require(isinstance(samples, dict), "must be an object of per-sample columns", mpath, "samples")
+    for key in ("name", "label"):
+        _require(isinstance(samples.get(key), list), "required list missing", mpath, f"samples.{key}")
+    n = len(samples["name"])
+    for col, values in samples.items():
+        _require(isinstance(values, list), "column must be a list", mpath, f"samples.{col}")
+        _require(len(values) == n, f"has {len(values)} entries, samples.name has {n}", mpath, f"samples.{col}")
+    _require(all(isinstance(s, str) for s in samples["name"]), "sample names must be strings", mpath, "samples.name")
+    bad = [i for i, v in enumerate(samples["label"]) if not _is_int(v)]
+    _require(not bad, f"labels must be integers (first bad at sample {bad[0] if bad else 0})", mpath, "samples.label")
+    labels = np.asarray(samples["label"], dtype=np.int64).reshape(n)
+    out = np.flatnonzero((labels < 0) | (labels >= len(classes)))
+    if len(out):
+        i = int(out[0])
+        problems.append(DataError(f"{len(out)} label(s) outside [0, {len(classes)}), e.g. {labels[i]}",
+                                  path=mpath, sample=samples["name"][i], field="samples.label"))
+
+    convs = manifest["conventions"]
+    _require(isinstance(convs, dict) and convs, "must be a non-empty object", mpath, "conventions")
+    infos: dict[str, ConventionInfo] = {}
+    for cname, entry in convs.items():
+        fld = f"conventions.{cname}"
+        try:
+            conv = get_convention(cname)
+        except KeyError as err:
+            raise DataError(str(err.args[0]), path=mpath, field=fld) from None
+        _require(isinstance(entry, dict), "must be an object", mpath, fld)
+        fname, unit, shape = entry.get("file"), entry.get("unit"), entry.get("shape")
+        _require(isinstance(fname, str) and fname and Path(fname).name == fname and fname.endswith(".npy"),
+                 f"must be a .npy file name inside the dataset directory, got {fname!r}", mpath, f"{fld}.file")
+        _require(unit in UNITS, f"must be one of {sorted(UNITS)}, got {unit!r}", mpath, f"{fld}.unit")
+        _require(isinstance(shape, list) and len(shape) == 5 and all(_is_int(s) and s >= 0 for s in shape),
+                 f"must be [N, C, T, V, M], got {shape!r}", mpath, f"{fld}.shape")
+        if shape[0] != n:
+            problems.append(DataError(f"has {shape[0]} rows, the manifest lists {n} samples", path=mpath, field=f"{fld}.shape"))
+        if shape[3] != conv.num_joints:
+            problems.append(DataError(f"V={shape[3]} but convention {cname!r} has {conv.num_joints} joints",
+                                      path=mpath, field=f"{fld}.shape"))
+        apath = root / fname
+        if not apath.is_file():
+            problems.append(DataError("array file missing", path=apath, field=f"{fld}.file"))
+        else:
+            try:
+                arr = np.load(apath, mmap_mode="r")
+            except (ValueError, OSError) as err:
+                problems.append(DataError(f"not a readable .npy: {err}", path=apath, field=f"{fld}.file"))
+            else:
+                if arr.dtype != np.float32 or list(arr.shape) != shape:
+                    problems.append(DataError(f"array is {arr.dtype} {list(arr.shape)}, manifest says float32 {shape}",
+                                              path=apath, field=f"{fld}.shape"))
+        infos[cname] = ConventionInfo(cname, fname, unit, tuple(shape))
+
+    splits_in = manifest["splits"]
+    _require(isinstance(splits_in, dict), "must be an object protocol -> part -> indices", mpath, "splits")
+    splits: dict[str, dict[str, np.ndarray]] = {}
+    for proto, parts in splits_in.items():
+        _require(isinstance(parts, dict), "must be an object part -> indices", mpath, f"splits.{proto}")
+        for part in ("train", "test"):
+            _require(part in parts, "required part missing", mpath, f"splits.{proto}.{part}")
+        splits[proto] = {}
+        for part, idx in parts.items():
+            fld = f"splits.{proto}.{part}"
+            _require(isinstance(idx, list) and all(_is_int(i) for i in idx), "must be a list of sample indices", mpath, fld)
+            arr = np.asarray(idx, dtype=np.int64).reshape(len(idx))
+            bad = np.flatnonzero((arr < 0) | (arr >= n))
+            if len(bad):
+                problems.append(DataError(f"{len(bad)} index(es) outside [0, {n}), e.g. {arr[bad[0]]}", path=mpath, field=fld))
+            splits[proto][part] = arr
+
+    meta = {k: v for k, v in samples.items() if k not in ("name", "label")}
+    ds = Dataset(root=root, name=name, classes=list(classes), conventions=infos, sample_names=list(samples["name"]),
+                 labels=labels, meta=meta, splits=splits)
+    return ds, problems
+
+
+def load_dataset(root: str | os.PathLike) -> Dataset:
+    """Open a dataset directory; raises DataError (naming the file and field) if it is invalid."""
+    root = Path(root)
+    ds, problems = _parse(root, _read_manifest(root))
+    if problems:
+        raise problems[0]
+    return ds
+
+
+def check_dataset(root: str | os.PathLike) -> dict:
+    """Everything load_dataset checks, plus a scan of the values and the splits.
+
+    Returns {samples, conventions, classes, splits: {proto: {part: n}}, problems, warnings, ok}.
+    Memory stays bounded: arrays are scanned as memmaps in chunks of CHECK_CHUNK_BYTES.
+    """
+    root = Path(root)
+    report = {"root": str(root), "samples": 0, "conventions": {}, "classes": 0, "splits": {},
+              "problems": [], "warnings": []}
+    try:
+        ds, problems = _parse(root, _read_manifest(root))
+    except DataError as err:
+        report["problems"].append(str(err))
+        report["ok"] = False
+        return report
+    report["problems"] += [str(p) for p in problems]
+    report.update(samples=len(ds), classes=ds.num_classes)
+    report["conventions"] = {c: {"shape": list(i.shape), "unit": i.unit} for c, i in ds.conventions.items()}
+
+    names = ds.sample_names
+    if len(set(names)) != len(names):
+        report["problems"].append(f"{len(names) - len(set(names))} duplicate sample name(s) in samples.name")
+
+    for proto, parts in ds.splits.items():
+        report["splits"][proto] = {part: int(len(idx)) for part, idx in parts.items()}
+        valid = {p: idx[(idx >= 0) & (idx < len(ds))] for p, idx in parts.items()}
+        for part, idx in valid.items():
+            if len(np.unique(idx)) != len(idx):
+                report["problems"].append(f"splits.{proto}.{part}: repeated sample indices")
+        pnames = sorted(valid)
+        for i, a in enumerate(pnames):
+            for b in pnames[i + 1:]:
+                both = np.intersect1d(valid[a], valid[b])
+                if len(both):
+                    report["problems"].append(f"splits.{proto}: {len(both)} sample(s) in both {a!r} and {b!r}, "
+                                              f"e.g. {names[both[0]]}")
+        covered = np.unique(np.concatenate(list(valid.values()))) if valid else np.array([])
+        if len(covered) < len(ds):
+            report["warnings"].append(f"splits.{proto}: {len(ds) - len(covered)} sample(s) in no part")
+
+    for conv, info in ds.conventions.items():
+        try:
+            arr = ds.array(conv)
+        except (ValueError, OSError, DataError):
+            continue  # already reported by _parse
+        if arr.shape[0] != len(ds):
+            continue
+        row_bytes = max(1, int(np.prod(arr.shape[1:])) * arr.itemsize)
+        step = max(1, CHECK_CHUNK_BYTES // row_bytes)
+        nonfinite_rows: list[int] = []
+        for start in range(0, arr.shape[0], step):
+            block = np.asarray(arr[start:start + step]).reshape(min(step, arr.shape[0] - start), -1)
+            bad = ~np.isfinite(block).all(axis=1)
+            nonfinite_rows += (np.flatnonzero(bad) + start).tolist()
+        if nonfinite_rows:
+            report["problems"].append(f"{info.file}: {len(nonfinite_rows)} sample(s) with NaN/inf values, "
+                                      f"e.g. sample {names[nonfinite_rows[0]]}")
+    report["ok"] = not report["problems"]
+    return report
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _manifest_dict(*, name, classes, infos: dict[str, ConventionInfo], sample_names, labels, meta, splits) -> dict:
+    n = len(sample_names)
+    samples = {"name": [str(s) for s in sample_names], "label": [int(v) for v in np.asarray(labels).reshape(n)]}
+    for col, values in (meta or {}).items():
+        if col in samples:
+            raise DataError(f"metadata column {col!r} clashes with a built-in column", field=f"samples.{col}")
+        samples[col] = [v.item() if isinstance(v, np.generic) else v for v in values]
+    return {
+        "format": FORMAT, "version": VERSION, "name": str(name), "classes": [str(c) for c in classes],
+        "conventions": {c: {"file": i.file, "unit": i.unit, "shape": list(i.shape)} for c, i in infos.items()},
+        "samples": samples,
+        "splits": {p: {part: [int(i) for i in idx] for part, idx in parts.items()} for p, parts in splits.items()},
+    }
+
+
+def _shrink_npy(path: Path, rows: int) -> None:
+    """Cut a .npy file to its first `rows` rows in place: rewrite the shape in the header
+    (padded to the same length, so the data offset does not move) and truncate the file."""
+    with open(path, "r+b") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        offset = f.tell()
+        new = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran,
+                    "shape": (rows, *shape[1:])}).encode("latin1")
+        hlen_bytes = 2 if version == (1, 0) else 4
+        header_len = offset - 6 - 2 - hlen_bytes
+        f.seek(6 + 2 + hlen_bytes)
+        f.write(new + b" " * (header_len - len(new) - 1) + b"\n")
+        f.truncate(offset + rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+
+
+class DatasetWriter:
+    """Stream rows into a new dataset without holding it in memory.
+
+        with DatasetWriter(out, capacity=N, shapes={"ntu-rgb+d": (3, 50, 25, 2)}, units={"ntu-rgb+d": "m"}) as w:
+            w.arrays["ntu-rgb+d"][i] = clip          # or w.write(i, {"ntu-rgb+d": clip})
+            w.commit(name=..., classes=..., sample_names=..., labels=..., meta=..., splits=...)
+
+    Arrays live as open_memmap files in a temporary directory beside `root`. commit() may
+    list fewer samples than `capacity` (e.g. skipped bad files): the first len(sample_names)
+    rows are kept. Leaving the `with` block by an exception, or without commit(), removes the
+    temporary directory; `root` is created only by a successful commit().
+    """
+
+    def __init__(self, root, *, capacity: int, shapes: dict[str, tuple[int, ...]], units: dict[str, str] | None = None,
+                 overwrite: bool = False):
+        self.root = Path(root)
+        units = units or {}
+        for conv, unit in units.items():
+            if unit not in UNITS:
+                raise DataError(f"unit must be one of {sorted(UNITS)}, got {unit!r}", field=f"conventions.{conv}.unit")
+        self.capacity = int(capacity)
+        self._cm = atomic_dir(self.root, overwrite=overwrite)
+        self.tmp = self._cm.__enter__()
+        self._open = True
+        try:
+            self.infos = {c: ConventionInfo(c, f"{c}.npy", units.get(c, "m"), (self.capacity, *map(int, s)))
+                          for c, s in shapes.items()}
+            self.arrays = {c: open_memmap(self.tmp / i.file, mode="w+", dtype=np.float32, shape=i.shape)
+                           for c, i in self.infos.items()}
+        except BaseException as err:
+            self.abort(err)
+            raise
+
+    def write(self, index: int, clips: dict[str, np.ndarray]) -> None:
+        for conv, clip in clips.items():
+            self.arrays[conv][index] = clip
+
+    def commit(self, *, name, classes, sample_names, labels, meta=None, splits) -> Dataset:
+        n = len(sample_names)
+        if n > self.capacity:
+            raise DataError(f"{n} samples listed but capacity is {self.capacity}", path=self.root, field="samples.name")
+        for conv, mm in self.arrays.items():
+            mm.flush()
+        self.arrays.clear()  # drop the memmaps before resizing/renaming their files
+        infos = {}
+        for conv, info in self.infos.items():
+            if n < self.capacity:
+                _shrink_npy(self.tmp / info.file, n)
+            infos[conv] = ConventionInfo(conv, info.file, info.unit, (n, *info.shape[1:]))
+        manifest = _manifest_dict(name=name, classes=classes, infos=infos, sample_names=sample_names,
+                                  labels=labels, meta=meta, splits=splits)
+        atomic_write_text(self.tmp / "manifest.json", json.dumps(manifest, separators=(",", ":")))
+        load_dataset(self.tmp)  # never publish a dataset that would not load
+        self._open = False
+        self._cm.__exit__(None, None, None)  # rename temp dir -> root
+        return load_dataset(self.root)
+
+    def abort(self, err: BaseException | None = None) -> None:
+        """Remove the temporary directory (idempotent)."""
+        if self._open:
+            self._open = False
+            self.arrays.clear()
+            err = err or RuntimeError("dataset write aborted")
+            self._cm.__exit__(type(err), err, err.__traceback__)  # atomic_dir removes the temp dir
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.abort(exc)
+        return False
+
+
+def write_dataset(root, *, name: str, classes, arrays: dict[str, np.ndarray], sample_names, labels,
+                  meta=None, splits, units: dict[str, str] | None = None, overwrite: bool = False) -> Dataset:
+    """Write a whole in-memory dataset atomically (see DatasetWriter for the streaming form)."""
+    n = len(sample_names)
+    for conv, arr in arrays.items():
+        if np.ndim(arr) != 5 or len(arr) != n:
+            raise DataError(f"array must be N×C×T×V×M with N={n}, got shape {np.shape(arr)}", field=f"conventions.{conv}")
+    shapes = {c: np.shape(a)[1:] for c, a in arrays.items()}
+    with DatasetWriter(root, capacity=n, shapes=shapes, units=units, overwrite=overwrite) as w:
+        for conv, arr in arrays.items():
+            w.arrays[conv][:] = arr
+        return w.commit(name=name, classes=classes, sample_names=sample_names, labels=labels, meta=meta, splits=splits)
