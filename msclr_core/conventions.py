@@ -31,7 +31,9 @@ class Convention:
     name: str
     joint_names: tuple[str, ...]
     parents: tuple[int, ...]  # parents[j] = parent joint of j (0-based); -1 for roots
-    edges: tuple[tuple[int, int], ...]  # ST-GCN graph edges, 0-based (child, parent) pairs
+    # ST-GCN graph edges, 0-based; (child, parent) order except berkeley_mhad_43's official
+    # unordered pairs: take bones from `parents` / `.bones`, never from the edge order
+    edges: tuple[tuple[int, int], ...]
     center: int  # ST-GCN spatial-partition center joint, 0-based
     flip: tuple[int, ...]  # flip[j] = joint that j becomes under a left/right mirror
     unit: str = "m"  # native unit of the source: "m", "mm" or "px" (2D image pixels)
