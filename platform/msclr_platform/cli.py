@@ -16,6 +16,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("quickstart",), "quickstart", "the whole platform on built-in data: synth data, Ray, MLflow, MS-CLR vs baseline"),
     (("pretrain",), "pretrain", "pretrain MS-CLR with Ray Train (resumes by run name), then evaluate"),
     (("evaluate",), "evaluate", "linear probe, kNN and multi-skeleton ensemble of a pretrained encoder"),
+    (("sweep",), "sweep", "Ray Tune hyper-parameter sweep from a YAML file (--resume continues one)"),
     (("runs",), "runs", "compare tracked runs (`msclr runs compare [EXPERIMENT]`)"),
     (("ui",), "ui", "start or reuse the local MLflow server and print its address"),
     (("demo",), "demo", "core-only demo: pretrain briefly on generated data, print the probe gain"),

@@ -63,3 +63,21 @@ def confusion(cm: np.ndarray, class_names: list[str], path: Path, title: str) ->
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def metric_vs_param(table, param: str, metric: str, path: Path) -> Path:
+    """One point per trial: the searched value against the metric (categories as labels)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    x = table[param]
+    if x.map(lambda v: isinstance(v, (int, float))).all():
+        ax.scatter(x, table[metric])
+    else:
+        cats = sorted(set(map(str, x)))
+        ax.scatter([cats.index(str(v)) for v in x], table[metric])
+        ax.set_xticks(range(len(cats)), cats, rotation=20, fontsize=7)
+    ax.set(xlabel=param, ylabel=metric, title=f"{metric} vs {param}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -67,7 +67,7 @@ def _nest(dotted: dict) -> dict:
 
 def trial_config(sweep: Sweep, params: dict) -> ExperimentConfig:
     """The experiment config of one trial: base + fixed overrides + sampled params."""
-    raw = deep_merge(deep_merge(copy.deepcopy(sweep.base), _nest(sweep.spec.overrides)), _nest(params))
+    raw = deep_merge(copy.deepcopy(sweep.base), _nest(params))
     return from_dict(ExperimentConfig, raw, source=str(sweep.path))
 
 
@@ -86,9 +86,13 @@ def _candidates(key: str, dist: dict, source: str) -> list | None:
     return arg  # check both ends
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Parse and validate a sweep file before anything starts."""
-    from .config import load_config
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Parse and validate a sweep file before anything starts.
+
+    The base config, the sweep's fixed `overrides` (relative paths resolved against the
+    sweep file) and command-line `--set` overrides are folded into one base dict.
+    """
+    from .config import load_config, parse_overrides
     from .data import dataset_for
     from .train import preflight
 
@@ -98,7 +102,10 @@ def load_sweep(path: str | Path) -> Sweep:
     if not spec.base:
         raise ConfigError(f"{source}: key 'base' is required (an experiment YAML)")
     base_cfg = load_config(path.parent / spec.base)
-    base = base_cfg.to_dict()
+    raw = deep_merge(deep_merge(base_cfg.to_dict(), _nest(spec.overrides)), parse_overrides(overrides))
+    base_cfg = resolve_paths(from_dict(ExperimentConfig, raw, source=source), path.parent, source)
+    if spec.metric.startswith("probe_"):
+        base_cfg.eval.probe_every = max(1, base_cfg.eval.probe_every)
     if spec.mode not in ("max", "min"):
         raise ConfigError(f"{source}: key 'mode' must be max or min, got {spec.mode!r}")
     if spec.scheduler.type not in ("asha", "fifo"):
@@ -106,7 +113,7 @@ def load_sweep(path: str | Path) -> Sweep:
     for key, dist in spec.search.items():
         if not (isinstance(dist, dict) and len(dist) == 1 and next(iter(dist)) in DISTRIBUTIONS):
             raise ConfigError(f"{source}: key 'search.{key}': expected one of {sorted(DISTRIBUTIONS)} with its values")
-    sweep = Sweep(spec, path, base)
+    sweep = Sweep(spec, path, base_cfg.to_dict())
     # Every combination of the finite candidates (and both ends of ranges) must give a
     # valid experiment: unknown keys, wrong types, queue sizes vs the global batch and
     # conventions missing from the dataset fail here, naming the sweep file and key.
@@ -115,12 +122,10 @@ def load_sweep(path: str | Path) -> Sweep:
     for combo in itertools.islice(itertools.product(*values.values()), 256):
         params = dict(zip(values, combo))
         try:
-            cfg = resolve_paths(trial_config(sweep, params), path.parent, source)
-            preflight(cfg)
+            preflight(trial_config(sweep, params))
         except ConfigError as err:
-            raise ConfigError(f"{source}: search {params}: {err}") from None
-    if spec.metric.startswith("probe_"):
-        sweep.base["eval"]["probe_every"] = max(1, sweep.base["eval"].get("probe_every") or 1)
+            key = next((k for k in params if k.split(".")[-1] in str(err) or str(params[k]) in str(err)), "")
+            raise ConfigError(f"{source}: key 'search.{key}' value {params.get(key)!r}: {err}") from None
     return sweep
 
 
@@ -158,5 +163,124 @@ def scheduler(spec: SweepSpec, epochs: int):
     )  # fmt: skip
 
 
-def dataclass_replace_name(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
-    return dataclasses.replace(cfg, name=name)
+# ---------------------------------------------------------------- running
+
+
+def _trial(params: dict, sweep: Sweep, parent_id: str, uri: str) -> None:
+    """One Tune trial: fit a Ray Train run named after the trial, then evaluate it."""
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .config import flatten
+    from .experiment import run_evaluation
+    from .runs import final_state
+    from .tracking import get_or_create_run, log_params
+    from .train import make_trainer
+
+    trial_id = tune.get_context().get_trial_id()
+    cfg = dataclasses.replace(trial_config(sweep, params["params"]), name=f"{sweep.spec.name}-{trial_id}")
+    cfg.tracking.tracking_uri = uri
+    client = MlflowClient(uri)
+    tags = {"msclr.kind": "trial", "trial_id": trial_id, "conventions": ",".join(cfg.conventions), "stream": cfg.stream}
+    run_id, _ = get_or_create_run(client, cfg.tracking.experiment, cfg.name, parent_run_id=parent_id, tags=tags)
+    log_params(client, run_id, flatten(cfg.to_dict()))
+    loop_config = {"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri}
+    result = make_trainer(cfg, loop_config, callbacks=[TuneReportCallback()]).fit()
+    if result.error:
+        client.set_terminated(run_id, "FAILED")
+        raise result.error
+    final = {"epoch": cfg.optim.epochs, sweep.spec.metric: (result.metrics or {}).get(sweep.spec.metric, float("nan"))}
+    if sweep.spec.final_eval:
+        _, report = run_evaluation(cfg, final_state(cfg), parent_run_id=run_id)
+        final.update({f"final_{r['convention']}_linear_top1".replace("+", "_"): r["linear_top1"] for r in report.rows})
+        final["final_linear_top1"] = report.top1()
+    client.set_terminated(run_id, "FINISHED")
+    tune.report(final)
+
+
+def run_sweep(path: str | Path, resume: bool = False, overrides: list[str] | None = None, quiet: bool = False) -> dict:
+    import ray
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    from .tracking import check_reachable, ensure_tracking_uri, get_or_create_run
+    from .train import init_ray, storage_path
+
+    sweep = load_sweep(path, overrides)
+    spec = sweep.spec
+    base = from_dict(ExperimentConfig, sweep.base, source=str(sweep.path))
+    uri = ensure_tracking_uri(base.tracking.tracking_uri, quiet=quiet)
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    parent_id, resumed = get_or_create_run(client, base.tracking.experiment, f"sweep-{spec.name}", tags={"msclr.kind": "sweep"})
+    if not resumed:
+        client.log_artifact(parent_id, str(sweep.path))
+    init_ray(base)
+    exp_path = str(Path(storage_path(base)) / f"sweep-{spec.name}")
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, sweep=sweep, parent_id=parent_id, uri=uri), {"cpu": spec.trial_cpus}
+    )
+    if resume:
+        if not tune.Tuner.can_restore(exp_path):
+            raise ConfigError(f"{sweep.path}: nothing to resume at {exp_path}")
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if tune.Tuner.can_restore(exp_path):
+            raise ConfigError(f"{sweep.path}: sweep {spec.name!r} already exists at {exp_path}: use --resume or rename it")
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=spec.metric, mode=spec.mode, search_alg=searcher(spec), scheduler=scheduler(spec, base.optim.epochs),
+                num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent_trials, time_budget_s=spec.time_budget_s,
+            ),
+            run_config=tune.RunConfig(name=f"sweep-{spec.name}", storage_path=storage_path(base)),
+        )  # fmt: skip
+    results = tuner.fit()
+    table = results_table(results, spec, base.optim.epochs)
+    best = _log_sweep_results(client, parent_id, spec, table)
+    client.set_terminated(parent_id, "FINISHED")
+    del ray
+    return {"parent_run_id": parent_id, "mlflow_uri": uri, "table": table, "best_trial": best}
+
+
+def results_table(results, spec: SweepSpec, epochs: int):
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        row = {"trial_id": m.get("trial_id", r.path.rsplit("_", 2)[-2] if r.path else "?")}
+        row.update({k: (str(v) if isinstance(v, list) else v) for k, v in (r.config or {}).get("params", {}).items()})
+        row.update(epochs_done=m.get("epoch", 0), status="ERROR" if r.error else "TERMINATED")
+        row["stopped_early"] = (not r.error) and m.get("epoch", 0) < epochs
+        row[spec.metric] = m.get(spec.metric)
+        row["final_linear_top1"] = m.get("final_linear_top1")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _log_sweep_results(client, parent_id: str, spec: SweepSpec, table) -> str | None:
+    import tempfile
+
+    from . import plots
+    from .tracking import RUN_NAME_TAG
+
+    done = table[~table["stopped_early"] & (table["status"] == "TERMINATED")]
+    col = "final_linear_top1" if done["final_linear_top1"].notna().any() else spec.metric
+    best = None
+    if not done.empty and done[col].notna().any():
+        best = done.loc[done[col].idxmax() if spec.mode == "max" else done[col].idxmin(), "trial_id"]
+        exp_id = client.get_run(parent_id).info.experiment_id
+        runs = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{spec.name}-{best}'")
+        for run in runs:
+            client.set_tag(run.info.run_id, "msclr.best_trial", "true")
+        client.set_tag(parent_id, "best_trial", best)
+    with tempfile.TemporaryDirectory() as d:
+        table.to_csv(Path(d) / "sweep_results.csv", index=False)
+        client.log_artifact(parent_id, str(Path(d) / "sweep_results.csv"))
+        for key in spec.search:
+            f = plots.metric_vs_param(table, key, col, Path(d) / f"{col}_vs_{key}.png")
+            client.log_artifact(parent_id, str(f))
+    return best
