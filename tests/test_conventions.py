@@ -202,3 +202,12 @@ def test_cli_table_has_one_row_per_convention(capsys):
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == set(REGISTRY)
     assert rows["smplx_42"][1:4] == ["42", "mm", "3D"]
+
+
+def test_coco_17_graph_is_the_pyskl_coco_layout():
+    # pyskl graph.py, layout "coco": inward (child, parent) pairs, center 0 (nose)
+    pyskl_inward = [(15, 13), (13, 11), (16, 14), (14, 12), (11, 5), (12, 6), (9, 7), (7, 5),
+                    (10, 8), (8, 6), (5, 0), (6, 0), (1, 0), (3, 1), (2, 0), (4, 2)]
+    coco = get_convention("coco_17")
+    assert sorted(coco.edges) == sorted(pyskl_inward) and coco.center == 0
+    assert sorted(coco.bones) == sorted(pyskl_inward)
