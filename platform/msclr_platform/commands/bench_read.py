@@ -1,0 +1,73 @@
+"""`msclr bench read DIR`: time the NTU .skeleton reader on one core against the official one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+OFFICIAL_FILES_PER_S, OFFICIAL_FRAMES_PER_S = 17.6, 2176.0  # AimCLR read_xyz, 2-core dev machine
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", help="folder with .skeleton files")
+    parser.add_argument("--limit", type=int, default=0, help="read at most this many files")
+    parser.add_argument("--strict", action="store_true",
+                        help="also time the line-by-line fallback parser (an in-run baseline for noisy machines)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--out", help="also write the JSON to this file")
+
+
+def _time_reader(read, files):
+    """(seconds, frames, bad files): malformed files are timed too (the error path) and counted."""
+    import time
+
+    from msclr_core.errors import DataError
+
+    frames = bad = 0
+    start = time.perf_counter()
+    for f in files:
+        try:
+            frames += read(f)
+        except DataError:
+            bad += 1
+    return time.perf_counter() - start, frames, bad
+
+
+def main(args) -> int:
+    import os
+    import resource
+    from pathlib import Path
+
+    from msclr_core.data import ntu
+    from msclr_core.errors import DataError
+
+    if hasattr(os, "sched_setaffinity"):  # one core, as in the official measurement
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    files = sorted(Path(args.dir).glob("*.skeleton"))[: args.limit or None]
+    if not files:
+        raise DataError("no .skeleton files", path=args.dir)
+    seconds, frames, bad = _time_reader(lambda f: ntu.read_skeleton(f).xyz.shape[0], files)
+    report = {
+        "dir": str(args.dir), "files": len(files), "frames": frames, "bad_files": bad, "seconds": round(seconds, 4),
+        "files_per_s": round(len(files) / seconds, 1), "frames_per_s": round(frames / seconds, 1),
+        "official_files_per_s": OFFICIAL_FILES_PER_S, "official_frames_per_s": OFFICIAL_FRAMES_PER_S,
+        "ratio": round(len(files) / seconds / OFFICIAL_FILES_PER_S, 2),
+        "cores": 1,
+    }
+    if args.strict:
+        s_sec, _, _ = _time_reader(lambda f: ntu._read_strict(str(f), f.read_bytes())[3], files)
+        report["strict_files_per_s"] = round(len(files) / s_sec, 1)
+        report["ratio_vs_strict_in_run"] = round(s_sec / seconds, 2)
+    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        from msclr_core.io_utils import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+    if args.json:
+        print(text)
+    else:
+        print(f"{report['files']} files, {report['frames']} frames in {seconds:.2f} s on one core: "
+              f"{report['files_per_s']} files/s, {report['frames_per_s']} frames/s "
+              f"({report['ratio']}x the official {OFFICIAL_FILES_PER_S} files/s); peak RSS {report['peak_rss_mb']} MB")
+    return 0

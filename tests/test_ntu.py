@@ -1,0 +1,249 @@
+"""Raw NTU .skeleton reader, frame-50 preprocessing, dataset build and their CLI commands."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from msclr_core.data import ntu
+from msclr_core.data.dataset import check_dataset, load_dataset
+from msclr_core.data.ntu import SkeletonFormatError, build_ntu_dataset, parse_sample_name, read_skeleton
+from msclr_core.data.preprocess import align_y_rotation, preprocess_clip, resize_frames, valid_length
+
+
+# ----------------------------------------------------------------------------- generator
+
+def skeleton_text(rng, frames, bodies, zero_body_frames=(), fmt="{:.7g}", newline="\n", moving=None):
+    """A valid .skeleton text and what it holds: {(frame, bodyID): 25×3 float64 xyz}."""
+    ids = [72057594037931101 + 3 * b for b in range(bodies)]  # close IDs: not exact in float64
+    lines, truth = [str(frames)], {}
+    for f in range(frames):
+        present = [] if f in zero_body_frames else ids
+        lines.append(str(len(present)))
+        for b, body in enumerate(present):
+            lines.append(f"{body} 0 1 0 1 0 0 {rng.normal():.7f} {rng.normal():.7f} 2")
+            lines.append("25")
+            scale = 1.0 if moving is None else moving[b]
+            xyz = np.round(rng.normal(size=(25, 3)) * scale + [b, 0.2, 3.0], 6)
+            toks = []
+            for j in range(25):
+                row = [fmt.format(v) for v in xyz[j]] + [fmt.format(v) for v in rng.normal(size=8)] + ["2"]
+                lines.append(" ".join(row))
+                toks.append([float(t) for t in row[:3]])
+            truth[(f, body)] = np.array(toks)
+    return newline.join(lines) + newline, truth
+
+
+def write_skeleton(path, rng, frames=30, bodies=1, **kw):
+    text, truth = skeleton_text(rng, frames, bodies, **kw)
+    path.write_text(text, newline="")
+    return truth
+
+
+# ----------------------------------------------------------------------------- reader
+
+@pytest.mark.parametrize("fmt, newline", [("{:.7g}", "\n"), ("{:.6e}", "\n"), ("{:.7g}", "\r\n")])
+def test_read_round_trips_exactly(tmp_path, fmt, newline):
+    rng = np.random.default_rng(1)
+    p = tmp_path / "S001C001P001R001A001.skeleton"
+    truth = write_skeleton(p, rng, frames=12, bodies=3, zero_body_frames={0, 5}, fmt=fmt, newline=newline)
+    sk = read_skeleton(p)
+    assert sk.xyz.shape == (12, 3, 25, 3) and sk.xyz.dtype == np.float32
+    assert sk.body_ids == [72057594037931101, 72057594037931104, 72057594037931107]
+    assert not sk.present[0].any() and not sk.present[5].any() and sk.present[1].all()
+    for (f, body), xyz in truth.items():
+        np.testing.assert_array_equal(sk.xyz[f, sk.body_ids.index(body)], xyz.astype(np.float32))
+    # the strict fallback parser agrees bit for bit
+    frame_of, ids, xyz, n = ntu._read_strict(str(p), p.read_bytes())
+    fast = ntu._read_fast(p.read_bytes())
+    assert fast[0] == frame_of and fast[1] == ids and fast[3] == n
+    np.testing.assert_array_equal(fast[2], xyz)
+
+
+def _lines(path):
+    return path.read_text().splitlines()
+
+
+def test_truncated_file_names_file_and_line(tmp_path):
+    p = tmp_path / "S001C001P001R001A001.skeleton"
+    write_skeleton(p, np.random.default_rng(2), frames=3)
+    lines = _lines(p)
+    p.write_text("\n".join(lines[:40]) + "\n")  # frame 2 stops inside its joint lines
+    with pytest.raises(SkeletonFormatError) as info:
+        read_skeleton(p)
+    assert info.value.line == 41 and str(p) in str(info.value) and "line 41" in str(info.value)
+
+
+def test_non_numeric_token_names_line(tmp_path):
+    p = tmp_path / "S001C001P001R001A001.skeleton"
+    write_skeleton(p, np.random.default_rng(3), frames=3)
+    lines = _lines(p)
+    row = lines[33].split()
+    row[9] = "0.1x"  # an orientation value: unused, but still must be a number
+    lines[33] = " ".join(row)
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SkeletonFormatError) as info:
+        read_skeleton(p)
+    assert info.value.line == 34 and info.value.field == "joint" and "0.1x" in str(info.value)
+
+
+def test_wrong_joint_count_names_line(tmp_path):
+    p = tmp_path / "S001C001P001R001A001.skeleton"
+    write_skeleton(p, np.random.default_rng(4), frames=3)
+    lines = _lines(p)
+    lines[31] = "24"  # frame 1's numJoint line (1 + [1 + 2 + 25] + 1 + 1 + 1 = line 32)
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SkeletonFormatError) as info:
+        read_skeleton(p)
+    assert info.value.line == 32 and info.value.field == "numJoint"
+
+
+def test_nan_joint_is_zeroed_and_counted(tmp_path):
+    p = tmp_path / "S001C001P001R001A001.skeleton"
+    write_skeleton(p, np.random.default_rng(5), frames=3)
+    lines = _lines(p)
+    lines[5] = "nan nan nan " + " ".join(lines[5].split()[3:])  # frame 0, body 0, joint 1
+    p.write_text("\n".join(lines) + "\n")
+    sk = read_skeleton(p)
+    assert sk.nan_joints == 1 and (sk.xyz[0, 0, 1] == 0).all() and np.isfinite(sk.xyz).all()
+
+
+def test_keeps_two_most_active_bodies(tmp_path):
+    p = tmp_path / "S001C001P001R001A050.skeleton"
+    # body 0 barely moves (a misdetection), bodies 1 and 2 move
+    write_skeleton(p, np.random.default_rng(6), frames=20, bodies=3, moving=[0.001, 1.0, 0.5])
+    sk = read_skeleton(p)
+    act = sk.activity
+    assert act[0] < act[2] < act[1]
+    clip = sk.to_clip(2)
+    assert clip.shape == (3, 20, 25, 2)
+    np.testing.assert_array_equal(clip[..., 0], sk.xyz[:, 1].transpose(2, 0, 1))  # first-appearance order
+    np.testing.assert_array_equal(clip[..., 1], sk.xyz[:, 2].transpose(2, 0, 1))
+
+
+def test_parse_sample_name_and_missing_lists():
+    assert parse_sample_name("S001C002P003R002A013") == dict(setup=1, camera=2, subject=3, replication=2, action=13)
+    assert parse_sample_name("/x/S017C003P020R001A059.skeleton")["subject"] == 20
+    with pytest.raises(ntu.DataError):
+        parse_sample_name("S01C002P003R002A013")
+    m60, m120 = ntu.missing_samples("ntu60"), ntu.missing_samples("ntu120")
+    assert len(m60) == 302 and len(m120) == 535 and m60 <= m120
+    assert "S001C002P005R002A008" in m60 and "S032C003P067R002A077" in m120
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+def test_preprocess_root_length_and_rotation():
+    rng = np.random.default_rng(7)
+    x = np.zeros((3, 80, 25, 2), np.float32)
+    x[:, :60] = rng.normal(size=(3, 60, 25, 2)) + 2.0
+    # shoulders: R − L has positive z in every frame (sign quirk then rotates every frame right)
+    x[:, :60, 8, :] = x[:, :60, 4, :] + np.array([0.3, 0.1, 0.2]).reshape(3, 1, 1)
+    assert valid_length(x, 0) == 60
+    y = preprocess_clip(x, "ntu-rgb+d", T=50)
+    assert y.shape == (3, 50, 25, 2) and y.dtype == np.float32
+    v = y[:, :, 8, :] - y[:, :, 4, :]
+    assert np.abs(v[2]).max() < 1e-3 and (v[0] > 0.3).all()
+    # root joint is zero before rotation (rotation about y keeps the origin)
+    z = preprocess_clip(x, "ntu-rgb+d", steps=("trim", "root_relative", "resize"))
+    assert np.abs(z[:, :, 20]).max() == 0
+    padded = preprocess_clip(x, "ntu-rgb+d", steps=("trim",), pad_to=300)
+    assert padded.shape == (3, 300, 25, 2) and (padded[:, 60:] == 0).all()
+
+
+def test_resize_matches_cv2_linear_positions():
+    ramp = np.arange(10, dtype=np.float32).reshape(1, 10, 1, 1)
+    out = resize_frames(ramp, T=5)[0, :, 0, 0]
+    np.testing.assert_allclose(out, [0.5, 2.5, 4.5, 6.5, 8.5])  # src = (t+0.5)·2 − 0.5
+    up = resize_frames(ramp[:, :2], T=4)[0, :, 0, 0]
+    np.testing.assert_allclose(up, [0.0, 0.25, 0.75, 1.0])  # clamped at the edges
+    assert (resize_frames(ramp, T=50, length=0) == 0).all()
+
+
+def test_rotation_sign_quirk_per_sequence():
+    x = np.zeros((3, 2, 25, 1), np.float32)
+    x[:, 0, 8, 0] = [1.0, 0, 1.0]  # z > 0
+    x[:, 1, 8, 0] = [1.0, 0, -0.2]  # z < 0, outvoted by frame 0
+    quirk = align_y_rotation(x, 4, 8)
+    fixed = align_y_rotation(x, 4, 8, per_frame_sign=True)
+    assert abs(quirk[2, 0, 8, 0]) < 1e-3 and abs(quirk[2, 1, 8, 0]) > 0.1
+    assert np.abs(fixed[2, :, 8, 0]).max() < 1e-3
+
+
+# ----------------------------------------------------------------------------- dataset build
+
+NAMES = ["S001C001P001R001A001", "S001C002P003R001A002", "S002C003P002R002A003", "S003C001P004R001A001",
+         "S018C002P045R001A061"]  # the last one is NTU-120 only
+
+
+def _skeleton_dir(tmp_path, names=NAMES, bad=()):
+    d = tmp_path / "skel"
+    d.mkdir()
+    rng = np.random.default_rng(8)
+    for i, name in enumerate(names):
+        write_skeleton(d / f"{name}.skeleton", rng, frames=20 + 7 * i, bodies=1 + i % 2)
+    write_skeleton(d / "S001C002P005R002A008.skeleton", rng, frames=5)  # on the missing list
+    for name in bad:
+        (d / f"{name}.skeleton").write_text("3\n1\n")
+    return d
+
+
+def test_build_ntu60_dataset_and_splits(tmp_path):
+    rep = build_ntu_dataset(_skeleton_dir(tmp_path), tmp_path / "out", benchmark="ntu60")
+    assert rep.skipped_missing == 1 and not rep.bad
+    ds = load_dataset(tmp_path / "out")
+    assert ds.sample_names == NAMES[:4] and ds.labels.tolist() == [0, 1, 2, 0] and len(ds.classes) == 60
+    assert ds.array("ntu-rgb+d").shape == (4, 3, 50, 25, 2)
+    assert ds.meta["subject"] == [1, 3, 2, 4] and ds.meta["camera"] == [1, 2, 3, 1]
+    train = set(ds.split_indices("xsub", "train").tolist())
+    assert train == {0, 2, 3}  # subjects 1, 2, 4 train; subject 3 test
+    assert set(ds.split_indices("xview", "test").tolist()) == {0, 3}  # camera 1
+    assert check_dataset(ds.root)["ok"]
+    # rows equal the reader + preprocessing of each file
+    sk = read_skeleton(tmp_path / "skel" / f"{NAMES[1]}.skeleton")
+    np.testing.assert_array_equal(ds.load("ntu-rgb+d", [1])[0], preprocess_clip(sk.to_clip(), "ntu-rgb+d"))
+
+
+def test_build_ntu120_parallel_matches_serial(tmp_path):
+    d = _skeleton_dir(tmp_path)
+    build_ntu_dataset(d, tmp_path / "a", benchmark="ntu120", workers=1)
+    build_ntu_dataset(d, tmp_path / "b", benchmark="ntu120", workers=2, chunksize=1)
+    a, b = load_dataset(tmp_path / "a"), load_dataset(tmp_path / "b")
+    assert a.sample_names == b.sample_names == NAMES and sorted(a.splits) == ["xset120", "xsub120"]
+    assert a.split_indices("xsub120", "train").tolist() == [0, 2, 3, 4]  # subject 45 trains in NTU-120
+    assert a.split_indices("xset120", "train").tolist() == [2, 4]  # even setups 2 and 18
+    np.testing.assert_array_equal(a.array("ntu-rgb+d"), b.array("ntu-rgb+d"))
+
+
+def test_bad_file_aborts_or_is_skipped(tmp_path):
+    d = _skeleton_dir(tmp_path, bad=["S001C001P002R001A005"])
+    with pytest.raises(SkeletonFormatError) as info:
+        build_ntu_dataset(d, tmp_path / "out", workers=2)
+    assert "S001C001P002R001A005" in str(info.value) and info.value.line == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["skel"]  # no dataset, no temp dir
+    rep = build_ntu_dataset(d, tmp_path / "out", skip_bad=True)
+    assert [b[0].endswith("S001C001P002R001A005.skeleton") for b in rep.bad] == [True]
+    assert len(load_dataset(tmp_path / "out")) == 4
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "msclr_platform.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_cli_data_ntu_and_bench_read(tmp_path):
+    d = _skeleton_dir(tmp_path, bad=["S001C001P002R001A005"])
+    out = _cli("data", "ntu", d, "--out", tmp_path / "ds", "--workers", 1, "--skip-bad", "--no-rotate", "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["samples"] == 4 and summary["bad"][0]["file"].endswith("S001C001P002R001A005.skeleton")
+    assert summary["steps"] == ["trim", "root_relative", "resize"]
+    out = _cli("data", "ntu", d, "--out", tmp_path / "ds2", "--workers", 1)
+    assert out.returncode == 2 and "line 3" in out.stderr and not (tmp_path / "ds2").exists()
+    bench = _cli("bench", "read", d, "--limit", 3, "--json", "--out", tmp_path / "bench.json")
+    assert bench.returncode == 0, bench.stderr
+    report = json.loads(bench.stdout)
+    for key in ("files_per_s", "frames_per_s", "files", "frames", "official_files_per_s", "ratio", "peak_rss_mb"):
+        assert key in report
+    assert report["files"] == 3 and json.loads((tmp_path / "bench.json").read_text()) == report
