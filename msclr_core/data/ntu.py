@@ -8,10 +8,11 @@ File format (one value list per line, single spaces):
                 numJoint                                                     (25)
                 25 × "x y z depthX depthY colorX colorY oriW oriX oriY oriZ trackingState"
 
-Reading: `read_skeleton` first tries a vectorised fast path over the raw bytes (line
-structure from newline/space positions, xyz decoded by a NumPy decimal parser that is exact:
-mantissa / 10^k with mantissa < 2^53 is correctly rounded, the same float as float(text)).
-Anything unusual (exponents, NaN, tabs, bad counts, truncation, stray characters) falls back to
+Reading: `read_skeleton` first tries a vectorised fast path over the raw bytes: the line
+structure comes from newline/space positions (a line's number of values tells its kind), the
+counts and body IDs are decoded as exact int64 (IDs have 17 digits: float64 would merge them),
+and only the xyz substrings are gathered and parsed by np.fromstring (correctly rounded, the
+same float as float(text)). Anything unusual (NaN, tabs, bad counts, truncation, stray characters) falls back to
 a strict line-by-line parser, which either reads the file or raises SkeletonFormatError naming
 the file, the 1-based LINE and the field. Fields other than xyz and the counts are checked for
 count and character set only.
@@ -119,9 +120,9 @@ class _NotFast(Exception):
     """The fast path cannot vouch for this file; the strict parser decides."""
 
 
-_ALLOWED = np.zeros(256, bool)
-_ALLOWED[[ord(c) for c in "0123456789.-+eE \n\r"]] = True
-_POW10 = 10.0 ** np.arange(23)
+_ALLOWED = b"0123456789.-+eE \n\r"  # anything else sends the file to the strict parser
+_IPOW10 = 10 ** np.arange(19, dtype=np.int64)
+_BODY_LINES = 2 + NUM_JOINTS  # info line, numJoint line, joint lines
 
 
 def read_skeleton(path) -> SkeletonFile:
@@ -133,91 +134,79 @@ def read_skeleton(path) -> SkeletonFile:
     return _assemble(str(path), frame_of, ids, xyz, n_frames)
 
 
-def _decimals(buf: np.ndarray) -> np.ndarray | None:
-    """Parse single-space-terminated plain decimals ('-0.25 1 3.5 ') exactly; None if unsure."""
-    c = buf.astype(np.int64) - 48
-    digit = (c >= 0) & (c <= 9)
-    space, dot, minus = buf == 32, buf == 46, buf == 45
-    if not (digit | space | dot | minus).all():
-        return None  # exponent, '+', ...: let np.fromstring handle it
-    after_space = np.concatenate(([True], space[:-1]))  # first character of a token
-    if not space[-1] or (space & after_space).any() or (minus & ~after_space).any():
-        return None  # empty token or '-' inside a token
-    tok = np.cumsum(space) - space  # token index of every character
-    n = int(space.sum())
-    nd = np.bincount(tok[digit], minlength=n)
-    if nd.min() < 1 or nd.max() > 15 or np.bincount(tok[dot], minlength=n).max(initial=0) > 1:
-        return None  # no digits, > 15 digits (mantissa may pass 2^53) or two dots
-    cd = np.cumsum(digit)
-    end_cd = cd[space]  # digits counted up to each token's end
-    place = (end_cd[tok] - cd)[digit]  # 0 for the last digit of a token
-    mant = np.bincount(tok[digit], weights=c[digit] * _POW10[place], minlength=n)  # exact integers
-    frac = np.zeros(n, np.int64)
-    frac[tok[dot]] = end_cd[tok[dot]] - cd[dot]
-    val = mant / _POW10[frac]  # one correctly rounded division == float(text)
-    val[tok[minus]] *= -1
-    return val
+def _gather(a: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Concatenate the byte ranges [s, e) of `a`."""
+    n = e - s
+    off = np.cumsum(n) - n
+    return a[np.repeat(s - off, n) + np.arange(int(n.sum()))]
+
+
+def _ints(a: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Exact int64 values of the all-digit byte ranges [s, e) (a trailing CR is ignored)."""
+    e = e - (a[np.maximum(e - 1, 0)] == 13)
+    n = e - s
+    if not len(n):
+        return np.zeros(0, np.int64)
+    if n.min() < 1 or n.max() > 18:
+        raise _NotFast
+    d = _gather(a, s, e).astype(np.int64) - 48
+    if d.min() < 0 or d.max() > 9:
+        raise _NotFast
+    off = np.cumsum(n) - n
+    place = np.repeat(off + n - 1, n) - np.arange(len(d))  # n-1 … 0 within each range
+    return np.add.reduceat(d * _IPOW10[place], off)
 
 
 def _read_fast(data: bytes):
+    """Vectorised reader for well-formed files; raises _NotFast on anything else."""
+    if not data or data.translate(None, _ALLOWED):
+        raise _NotFast  # stray characters (letters, NaN, tabs, non-ASCII)
     a = np.frombuffer(data, np.uint8)
-    if not len(a) or not _ALLOWED[a].all():
-        raise _NotFast
     nl = np.flatnonzero(a == 10)
     starts = np.concatenate(([0], nl + 1))
     ends = np.concatenate((nl, [len(a)]))
     if starts[-1] >= len(a):  # final newline: no last line
         starts, ends = starts[:-1], ends[:-1]
-
-    def count(li):
-        if li >= len(starts):
-            raise _NotFast
-        try:
-            return int(data[starts[li]:ends[li]])
-        except ValueError:
-            raise _NotFast from None
-
-    n_frames, li, info_lines, frame_of = count(0), 1, [], []
-    for f in range(n_frames):
-        nb = count(li)
-        li += 1
-        for _ in range(nb):
-            if count(li + 1) != NUM_JOINTS:
-                raise _NotFast
-            info_lines.append(li)
-            frame_of.append(f)
-            li += 2 + NUM_JOINTS
-    if n_frames < 0 or li != len(starts):
-        raise _NotFast  # negative count, trailing data or blank lines: strict parser decides
-    spaces = np.flatnonzero(a == 32)
-    per_line = np.searchsorted(spaces, ends) - np.searchsorted(spaces, starts)
-    info = np.asarray(info_lines, np.int64)
-    joints = (info[:, None] + 2 + np.arange(NUM_JOINTS)).ravel()
-    expected = np.zeros(len(starts), np.int64)
-    expected[info], expected[joints] = INFO_FIELDS - 1, JOINT_FIELDS - 1
+    n_lines = len(starts)
     cr = np.flatnonzero(a == 13)
-    if not np.array_equal(per_line, expected) or (len(cr) and not (np.append(a, 0)[cr + 1] == 10).all()):
-        raise _NotFast  # wrong number of values on a line, or a CR that does not end a line
-    if not len(info):
-        return [], [], np.zeros((0, NUM_JOINTS, 3), np.float32), n_frames
-    # xyz = the first three tokens of each joint line, each ending at a space
-    first = np.searchsorted(spaces, starts[joints])
-    keep = np.zeros(len(a) + 1, np.int8)  # +1 at each segment start, -1 just past its end
-    keep[starts[joints]] = 1
-    keep[spaces[first + 2] + 1] = -1  # (never a line start: the line has 12 values)
-    buf = a[np.cumsum(keep[:-1], dtype=np.int32) > 0]
-    val = _decimals(buf)
-    if val is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a partial parse is caught by the length check below
-            val = np.fromstring(buf.tobytes().decode("ascii"), sep=" ")
+    if len(cr) and not (np.append(a, 0)[cr + 1] == 10).all():
+        raise _NotFast  # a CR that does not end a line
+    spaces = np.flatnonzero(a == 32)
+    lo = np.searchsorted(spaces, starts)
+    per_line = np.searchsorted(spaces, ends) - lo  # values per line − 1 (single spaces)
+    # Line kinds follow from the number of values: 10 = body info, then numJoint, 25 joint lines.
+    info = np.flatnonzero(per_line == INFO_FIELDS - 1)
+    joints = (info[:, None] + 2 + np.arange(NUM_JOINTS)).ravel()
+    if len(info) and joints[-1] >= n_lines:
+        raise _NotFast  # truncated
+    expected = np.zeros(n_lines, np.int64)
+    expected[joints] = JOINT_FIELDS - 1
+    expected[info] = INFO_FIELDS - 1
+    body = np.zeros(n_lines, bool)
+    body[info], body[info + 1], body[joints] = True, True, True
+    if not np.array_equal(per_line, expected) or body.sum() != len(info) * _BODY_LINES:
+        raise _NotFast
+    if not (_ints(a, starts[info + 1], ends[info + 1]) == NUM_JOINTS).all():
+        raise _NotFast
+    # The other lines are numFrame and one numBody per frame, at the positions their counts imply.
+    frame_lines = np.flatnonzero(~body)
+    counts = _ints(a, starts[frame_lines], ends[frame_lines])
+    if not len(counts) or counts[0] != len(counts) - 1:
+        raise _NotFast
+    n_bodies = counts[1:]
+    at = 1 + np.arange(len(n_bodies)) + _BODY_LINES * (np.cumsum(n_bodies) - n_bodies)
+    if not np.array_equal(frame_lines[1:], at):
+        raise _NotFast
+    frame_of = np.repeat(np.arange(len(n_bodies)), n_bodies)
+    ids = _ints(a, starts[info], spaces[lo[info]]).tolist()
+    # xyz = the first three values of each joint line, each ending at a space
+    xyz_text = _gather(a, starts[joints], spaces[lo[joints] + 2] + 1).tobytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a partial parse is caught by the length check below
+        val = np.fromstring(xyz_text, sep=" ") if xyz_text else np.zeros(0)
     if len(val) != len(joints) * 3:
         raise _NotFast
-    try:
-        ids = [int(data[starts[i]:ends[i]].split(None, 1)[0]) for i in info_lines]
-    except ValueError:
-        raise _NotFast from None
-    return frame_of, ids, val.reshape(len(info), NUM_JOINTS, 3), n_frames
+    return frame_of.tolist(), ids, val.reshape(len(info), NUM_JOINTS, 3), int(counts[0])
 
 
 def _read_strict(path: str, data: bytes):
