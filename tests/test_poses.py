@@ -1,0 +1,116 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from msclr_core.conventions import get_convention
+from msclr_core.data.dataset import check_dataset, load_dataset, write_dataset
+from msclr_core.data.poses import add_pose_convention, track_persons
+from msclr_core.errors import DataError
+
+CONV = "h36m_17"
+NAMES = ["S001C001P001R001A001", "S001C001P002R001A002", "S001C001P003R001A003"]
+
+
+def _dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ds"
+    write_dataset(root, name="t", classes=["a", "b", "c"],
+                  arrays={"ntu-rgb+d": rng.normal(size=(3, 3, 50, 25, 2)).astype(np.float32)},
+                  sample_names=NAMES, labels=[0, 1, 2], meta={}, splits={"xsub": {"train": [0, 1], "test": [2]}},
+                  units={"ntu-rgb+d": "m"})
+    return root
+
+
+def _person(F, x0, arm_up, rng):
+    """A standing h36m_17 person (mm, y up) at x = x0 walking slowly along z; arm_up raises the left wrist."""
+    names = get_convention(CONV).joint_names
+    base = {"pelv": (0, 1000, 0), "rhip": (-100, 1000, 0), "rkne": (-100, 550, 0), "rank": (-100, 100, 0),
+            "lhip": (100, 1000, 0), "lkne": (100, 550, 0), "lank": (100, 100, 0), "spin": (0, 1250, 0),
+            "neck": (0, 1500, 0), "head": (0, 1600, 0), "htop": (0, 1750, 0), "lsho": (200, 1450, 0),
+            "lelb": (200, 1150, 0), "lwri": (200, 900, 0), "rsho": (-200, 1450, 0), "relb": (-200, 1150, 0),
+            "rwri": (-200, 900, 0)}
+    if arm_up:
+        base.update(lelb=(200, 1750, 0), lwri=(200, 2000, 0))
+    pose = np.array([base[n] for n in names], float)
+    out = np.repeat(pose[None], F, axis=0)
+    out[:, :, 0] += x0
+    out[:, :, 2] += np.arange(F)[:, None] * 10.0  # 1 cm per frame
+    return out + rng.normal(0, 2.0, out.shape)
+
+
+def _swapped_detections(F=40, swap_at=15, rng=None):
+    rng = rng or np.random.default_rng(1)
+    a, b = _person(F, -800, True, rng), _person(F, 800, False, rng)
+    det = np.stack([a, b], axis=1)
+    det[swap_at:] = det[swap_at:, ::-1]  # the detector reports the people in the other order
+    det[30:33, 0 if (30 - swap_at) % 2 else 1] = 0  # ... and misses person b for 3 frames
+    return det, a, b
+
+
+def test_tracking_unswaps_identities():
+    det, a, b = _swapped_detections()
+    h36 = get_convention(CONV).joint_names
+    tracks = track_persons(det, h36.index("neck"), persons=2, max_jump=500)
+    np.testing.assert_allclose(tracks[:, 0], a)  # a is present in every frame: person 0
+    seen = tracks[:, 1].any(axis=(1, 2))
+    assert seen.sum() == 37
+    np.testing.assert_allclose(tracks[seen, 1], b[seen])
+
+
+def test_add_pose_convention_tracks_converts_and_preprocesses(tmp_path):
+    root = _dataset(tmp_path)
+    poses = tmp_path / "poses"
+    poses.mkdir()
+    for i, name in enumerate(NAMES):
+        det, _, _ = _swapped_detections(rng=np.random.default_rng(i))
+        if i == 1:
+            torch.save(torch.from_numpy(det), poses / f"{name}.pt")  # MeTRAbs .pt tensors work too
+        else:
+            np.save(poses / f"{name}.npy", det)
+    report = add_pose_convention(root, poses, CONV, unit="mm", T=50)
+    assert report.zero_filled == []
+    ds = load_dataset(root)
+    assert check_dataset(root)["ok"]
+    assert ds.conventions[CONV].shape == (3, 3, 50, 17, 2) and ds.conventions[CONV].unit == "m"
+    x = ds.array(CONV)
+    names = get_convention(CONV).joint_names
+    shin = np.linalg.norm(x[:, :, :, names.index("lkne")] - x[:, :, :, names.index("lank")], axis=1)
+    np.testing.assert_allclose(shin[..., 0], 0.45, atol=0.02)  # 450 mm -> metres
+    # person 0 raises the left arm in EVERY frame: no identity swap survived preprocessing
+    wrist_above_head = x[:, 1, :, names.index("lwri"), 0] > x[:, 1, :, names.index("htop"), 0]
+    assert wrist_above_head.all()
+    assert np.median(x[:, 1, :, names.index("lwri"), 1] - x[:, 1, :, names.index("head"), 1]) < -0.5  # person 1: arm down
+    np.testing.assert_allclose(x[:, :, :, names.index("neck"), 0], 0, atol=1e-5)  # root-relative
+    np.testing.assert_array_equal(ds.array("ntu-rgb+d"), load_dataset(root).array("ntu-rgb+d"))
+
+
+def test_missing_pose_file_and_zero_fill(tmp_path):
+    root = _dataset(tmp_path)
+    poses = tmp_path / "poses"
+    poses.mkdir()
+    for name in NAMES[:2]:
+        np.save(poses / f"{name}.npy", _swapped_detections()[0])
+    with pytest.raises(DataError, match=f"sample {NAMES[2]}"):
+        add_pose_convention(root, poses, CONV)
+    report = add_pose_convention(root, poses, CONV, missing="zero")
+    assert report.zero_filled == [NAMES[2]]
+    assert not report.dataset.array(CONV)[2].any() and report.dataset.array(CONV)[0].any()
+
+
+def test_original_dataset_intact_after_a_failure(tmp_path):
+    root = _dataset(tmp_path)
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    poses = tmp_path / "poses"
+    poses.mkdir()
+    np.save(poses / f"{NAMES[0]}.npy", _swapped_detections()[0])
+    np.save(poses / f"{NAMES[1]}.npy", np.zeros((10, 2, 25, 3)))  # NTU-shaped: wrong joint count
+    np.save(poses / f"{NAMES[2]}.npy", _swapped_detections()[0])
+    with pytest.raises(DataError, match=rf"{NAMES[1]}\.npy, field 'shape'.*17"):
+        add_pose_convention(root, poses, CONV)
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]  # no temp dir left behind
+    assert CONV not in json.loads((root / "manifest.json").read_text())["conventions"]
+    with pytest.raises(DataError, match="already has convention 'ntu-rgb\\+d'"):
+        add_pose_convention(root, poses, "ntu-rgb+d")
