@@ -170,3 +170,31 @@ def test_label_pickles_go_through_the_restricted_loader(tmp_path):
     with pytest.raises(DataError, match="refused global"):
         import_skeletonclr(data, labels, tmp_path / "ds")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_cli_import_export(tmp_path, capsys):
+    import json
+
+    from msclr_platform.cli import main
+
+    data, labels, _ = _skeletonclr_files(tmp_path)
+    argv = ["data", "import", "skeletonclr", "--out", str(tmp_path / "sk"), "--json", "--protocol", "xview"]
+    argv += [f"--data={c}:{s}={p}" for c, per in data.items() for s, p in per.items()]
+    argv += [f"--labels={s}={p}" for s, p in labels.items()]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["samples"] == 5 and summary["splits"] == {"xview": {"train": 3, "test": 2}}
+
+    assert main(["data", "export", "pyskl", str(tmp_path / "sk"), "--out", str(tmp_path / "x.pkl"),
+                 "--extra-convention", "smplx_42"]) == 0
+    assert main(["data", "import", "pyskl", str(tmp_path / "x.pkl"), "--out", str(tmp_path / "px"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.split("\n", 1)[1])  # first line: the export message
+    assert set(summary["conventions"]) == {"ntu-rgb+d", "smplx_42"}
+    np.testing.assert_allclose(load_dataset(tmp_path / "px").load("smplx_42"), load_dataset(tmp_path / "sk").load("smplx_42"),
+                               rtol=1e-6)  # exported in metres, re-imported as metres
+
+    # user errors exit with 2 and a message naming the problem
+    assert main(["data", "import", "pyskl", "--out", str(tmp_path / "q")]) == 2
+    assert "source is required" in capsys.readouterr().err
+    assert main(["data", "import", "pyskl", str(tmp_path / "absent.pkl"), "--out", str(tmp_path / "q")]) == 2
+    assert "absent.pkl" in capsys.readouterr().err

@@ -222,3 +222,33 @@ def test_clip_normalization_option(real_mocap_dir, tmp_path):
     assert np.median(np.abs(x[:, :, 0, 20, 0])) < 0.05 and travel.max() > 1.0  # walks travel metres
     with pytest.raises(DataError, match="normalize"):
         mocap.import_real_mocap_npz(real_mocap_dir / "cmu_s02_s03.npz", tmp_path / "x", normalize="bogus")
+
+
+def test_map_to_convention_offsets_and_noise_are_seeded(tmp_path):
+    (tmp_path / "t.bvh").write_text(BVH)
+    clip = mocap.read_bvh(tmp_path / "t.bvh")
+    name_map = ["hips", ("a", "b"), "a_end"]
+    from msclr_core.conventions import Convention
+
+    conv = Convention("tiny", ("r", "m", "e"), (-1, 0, 1), ((1, 0), (2, 1)), 0, (0, 1, 2))
+    exact = mocap.map_to_convention(clip, conv, name_map=name_map)
+    np.testing.assert_allclose(exact[1, 1], (clip.positions[1, 1] + clip.positions[1, 3]) / 2, atol=1e-7)
+    a = mocap.map_to_convention(clip, conv, name_map=name_map, offset_scale=0.1, noise=0.01, seed=3)
+    b = mocap.map_to_convention(clip, conv, name_map=name_map, offset_scale=0.1, noise=0.01, seed=3)
+    c = mocap.map_to_convention(clip, conv, name_map=name_map, offset_scale=0.1, noise=0.01, seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, exact) and not np.allclose(a, c)
+    with pytest.raises(DataError, match="'nope'"):
+        mocap.map_to_convention(clip, conv, name_map=["hips", "nope", "a"])
+
+
+def test_cli_mocap_import(real_mocap_dir, tmp_path, capsys):
+    import json
+
+    from msclr_platform.cli import main
+
+    assert main(["data", "import", "mocap", str(real_mocap_dir / "cmu_s02_s03.npz"), "--out", str(tmp_path / "cmu"),
+                 "--conventions", "ntu-rgb+d,smpl_24", "--frames", "20", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["conventions"]["smpl_24"]["shape"] == [14, 3, 20, 24, 2]
+    assert summary["splits"]["subject"] == {"train": 10, "test": 4}

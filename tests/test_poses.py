@@ -114,3 +114,18 @@ def test_original_dataset_intact_after_a_failure(tmp_path):
     assert CONV not in json.loads((root / "manifest.json").read_text())["conventions"]
     with pytest.raises(DataError, match="already has convention 'ntu-rgb\\+d'"):
         add_pose_convention(root, poses, "ntu-rgb+d")
+
+
+def test_cli_poses(tmp_path, capsys):
+    from msclr_platform.cli import main
+
+    root = _dataset(tmp_path)
+    poses = tmp_path / "poses"
+    poses.mkdir()
+    np.save(poses / f"{NAMES[0]}.npy", _swapped_detections()[0])
+    assert main(["data", "import", "poses", str(poses), "--dataset", str(root), "--convention", CONV]) == 2
+    assert NAMES[1] in capsys.readouterr().err
+    assert main(["data", "import", "poses", str(poses), "--dataset", str(root), "--convention", CONV,
+                 "--missing", "zero"]) == 0
+    assert "2 sample(s) without a pose file were zero-filled" in capsys.readouterr().out
+    assert CONV in load_dataset(root).conventions
