@@ -42,11 +42,13 @@ def _conv(name):
 
 
 def _default_classes(labels, names) -> list[str]:
+    """NTU action ids (A001...) when every name is an NTU sample name, else class0, class1..."""
     from .ntu import NAME_RE
 
     k = int(max(labels, default=-1)) + 1
-    ntu = names and all(NAME_RE.fullmatch(str(n)) for n in names)
-    return [f"A{a:03d}" if ntu else f"class{a}" for a in range((1 if ntu else 0), k + (1 if ntu else 0))]
+    if names and all(NAME_RE.fullmatch(str(n)) for n in names):
+        return [f"A{a + 1:03d}" for a in range(k)]
+    return [f"class{a}" for a in range(k)]
 
 
 def _ntu_meta(names) -> dict:
