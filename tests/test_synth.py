@@ -137,7 +137,7 @@ def test_ridge_on_raw_coordinates_beats_chance_clearly():
     train, test = data.splits["xsub"]["train"], data.splits["xsub"]["test"]
     top1 = synth.ridge_top1(x[train], y[train], x[test], y[test])
     chance = 1 / len(data.classes)
-    assert top1 > 4 * chance  # learnable (about 0.5 here) ...
+    assert top1 > 4 * chance  # learnable (0.58 with this seed) ...
     assert top1 < 0.97  # ... but a linear model does not solve it
 
 

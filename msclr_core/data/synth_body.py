@@ -365,10 +365,10 @@ def _clap(c):
 def _handshake(c):
     e = c.e
     for person in (0, 1):
-        c.add(person, "tz", 0.12 * e)
-        c.add(person, "r_sho_elev", (45 + 8 * c.amp * c.osc(4.0)) * e)
-        c.add(person, "r_sho_plane", 85 * e)
-        c.add(person, "r_elbow", 45 * e)
+        c.add(person, "tz", 0.18 * e)
+        c.add(person, "r_sho_elev", (50 + 8 * c.amp * c.osc(4.0)) * e)
+        c.add(person, "r_sho_plane", 80 * e)
+        c.add(person, "r_elbow", 35 * e)
         c.add(person, "thor_flex", 5 * e)
 
 
