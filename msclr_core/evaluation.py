@@ -287,11 +287,11 @@ def _probe(train: dict, train_y, test: dict, test_y, num_classes: int, *, val, e
                 "milestones": list(milestones), "momentum": momentum, "weight_decay": weight_decay,
                 "eval_every": eval_every, "standardize": standardize, "seed": seed, "reported_epoch": "last",
                 "best_on_validation": val is not None, **protocol_extra}
-    result = ProbeResult(
-        top1=topk_accuracy(logits, test_y, 1), top5=topk_accuracy(logits, test_y, 5), test_logits=logits,
-        history=history, protocol=protocol,
-        best_val_epoch=best and best["epoch"], best_val_top1=best and best["val_top1"],
-        test_top1_at_best_val=best and best["test_top1"])
+    result = ProbeResult(top1=topk_accuracy(logits, test_y, 1), top5=topk_accuracy(logits, test_y, 5),
+                         test_logits=logits, history=history, protocol=protocol)
+    if best is not None:
+        result.best_val_epoch, result.best_val_top1 = best["epoch"], best["val_top1"]
+        result.test_top1_at_best_val = best["test_top1"]
     return result, test_logits
 
 
@@ -325,8 +325,10 @@ def ensemble_probe(train_feats: dict, train_y, test_feats: dict, test_y, num_cla
     if unknown:
         raise ConfigError(f"unknown ensemble_probe option(s) {sorted(unknown)}")
     settings.update(probe_kwargs)
-    if not train_feats:
-        raise ConfigError("ensemble_probe needs features of at least one convention")
+    if not isinstance(train_feats, dict) or not isinstance(test_feats, dict) or not train_feats:
+        raise ConfigError("ensemble_probe needs dicts convention -> features (at least one convention)")
+    if settings["val"] is not None and not isinstance(settings["val"][0], dict):
+        raise ConfigError("ensemble_probe: val must be (dict convention -> val features, val labels)")
     res, conv_logits = _probe(dict(train_feats), train_y, dict(test_feats), test_y, num_classes, **settings,
                               protocol_extra={"ensemble": "mean of per-convention logits",
                                               "loss": "sum of per-convention CE", "conventions": list(train_feats)})
