@@ -1,0 +1,245 @@
+"""Unified ST-GCN encoder: one set of ST-GCN blocks shared by every skeleton convention.
+
+The official FlexModel (spec §1.3) zero-pads every convention to V_max joints before the
+blocks, so padded joints enter the BatchNorm statistics of every inner block (spec §6,
+item 10). Padding is not needed: the convolution weights never depend on V (the graph
+conv is a 1x1 conv followed by a product with A, and the temporal conv runs along T
+only). So each batch holds ONE convention at its native joint count and runs through the
+shared blocks as it is; only the parts whose shape depends on V are per convention:
+
+- data_bn[conv]           BatchNorm1d(C * V_conv), the input normalisation of ST-GCN;
+- buffer A_<conv>         the (3, V_conv, V_conv) adjacency, unpadded (spec §6, item 11);
+- edge_importance[conv]   one (3, V_conv, V_conv) Parameter per block, initialised to 1.
+
+Shared: the `blocks` and the head `fc`. Layout everywhere is N x C x T x V x M.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from msclr_core.conventions import get_convention, list_conventions
+from msclr_core.errors import ConfigError
+from msclr_core.graph import adjacency
+
+HEADS = ("mlp", "linear", None)
+
+
+def channel_plan(in_channels: int, hidden_channels: int, hidden_dim: int, num_blocks: int):
+    """[(c_in, c_out, temporal_stride)] for each block.
+
+    With 10 blocks this is the standard ST-GCN plan scaled by hidden_channels / 64:
+    h, h, h, h, 2h (stride 2), 2h, 2h, 4h (stride 2), 4h, and the last block goes to
+    hidden_dim. For other depths the two stride-2 blocks sit the same fraction of the way
+    through (40% and 70%, rounded; they coincide for 1-2 blocks), the width doubles at
+    each of them, and the last block always outputs hidden_dim.
+    """
+    downsample = {(4 * num_blocks + 5) // 10, (7 * num_blocks + 5) // 10} - {0}
+    plan, c_in, width = [], in_channels, hidden_channels
+    for i in range(num_blocks):
+        stride = 2 if i in downsample else 1
+        width *= stride
+        c_out = hidden_dim if i == num_blocks - 1 else width
+        plan.append((c_in, c_out, stride))
+        c_in = c_out
+    return plan
+
+
+class STGCNBlock(nn.Module):
+    """gcn (1x1 conv to K*C_out, then sum_k X_k A_k) -> tcn -> + residual -> ReLU."""
+
+    def __init__(self, c_in, c_out, stride=1, num_subsets=3, temporal_kernel=9, dropout=0.0, residual=True):
+        super().__init__()
+        self.num_subsets = num_subsets
+        self.gcn = nn.Conv2d(c_in, num_subsets * c_out, kernel_size=1)
+        pad = (temporal_kernel - 1) // 2  # "same" length for stride 1, ceil(T/2) for stride 2
+        self.tcn = nn.Sequential(
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, (temporal_kernel, 1), (stride, 1), (pad, 0)),
+            nn.BatchNorm2d(c_out),
+            nn.Dropout(dropout, inplace=True),
+        )
+        if not residual:
+            self.residual = None
+        elif c_in == c_out and stride == 1:
+            self.residual = nn.Identity()
+        else:
+            self.residual = nn.Sequential(nn.Conv2d(c_in, c_out, 1, (stride, 1)), nn.BatchNorm2d(c_out))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        """x: (N, C_in, T, V), A: (K, V, V) with A[k][v, w] the weight of the message v -> w."""
+        res = 0 if self.residual is None else self.residual(x)
+        n, _, t, v = x.shape
+        x = self.gcn(x).view(n, self.num_subsets, -1, t, v)
+        x = torch.einsum("nkctv,kvw->nctw", x, A.to(x.dtype))
+        return self.relu(self.tcn(x) + res)
+
+
+def simam_drop(x: torch.Tensor, keep_prob: float = 0.7, e_lambda: float = 1e-4) -> torch.Tensor:
+    """AimCLR's energy-based attention drop (spec §1.4) on a feature map x (NM, C, T, V).
+
+    SimAM attention att = sigmoid(d / (4 (sum_{T,V} d / (TV - 1) + lambda)) + 0.5) with
+    d = (x - mean_{T,V} x)^2 is large where x stands out. The drop removes what stands out:
+    1. spatial: joints whose mean attention over (C, T) is >= keep_prob are zeroed;
+    2. temporal: the official code views att as (NM, C*V, T) and zeroes entries >= keep_prob,
+       which is an elementwise mask on (c, t, v), written so here.
+    Both masks come from the attention of the input map, as in the official code. After each
+    mask the map is rescaled by numel / sum(mask) over the whole batch (as official); the sum
+    is clamped to 1 so an all-dropped map gives zeros, not NaN (spec §6, item 11).
+
+    It has no parameters and the joint count only enters through the tensor shape, so one
+    function serves every convention (the official per-format Simam_Drop(num_point=V) held
+    V only to reshape).
+    """
+    xf = x.float()  # attention in float32: bf16 rounds values near the threshold
+    _, _, t, v = x.shape
+    d = (xf - xf.mean(dim=(2, 3), keepdim=True)).pow(2)
+    denom = 4 * (d.sum(dim=(2, 3), keepdim=True) / max(t * v - 1, 1) + e_lambda)
+    att = torch.sigmoid(d / denom + 0.5)
+
+    def keep(mask: torch.Tensor) -> torch.Tensor:
+        mask = mask.float()
+        return (mask * (mask.numel() / mask.sum().clamp_min(1.0))).to(x.dtype)
+
+    x = x * keep(att.mean(dim=(1, 2)) < keep_prob)[:, None, None, :]  # spatial, (NM, V)
+    return x * keep(att < keep_prob)  # temporal, (NM, C, T, V)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Spec §1.4: Conv/Linear weights N(0, 0.02), bias 0; BatchNorm gamma N(1, 0.02), beta 0."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def _check_args(conventions, hidden_channels, hidden_dim, num_blocks, temporal_kernel, dropout, head, feature_dim):
+    if isinstance(conventions, str):
+        raise ConfigError(f"conventions must be a list of names, got the string {conventions!r}")
+    if not conventions:
+        raise ConfigError("conventions: at least one skeleton convention is needed")
+    if len(set(conventions)) != len(conventions):
+        raise ConfigError(f"conventions: duplicate names in {list(conventions)}")
+    for name in conventions:
+        if "." in name:  # ModuleDict keys and buffer names cannot hold "."
+            raise ConfigError(f"conventions: name {name!r} contains '.', which module keys cannot hold")
+    for field, value in (("hidden_channels", hidden_channels), ("hidden_dim", hidden_dim),
+                         ("num_blocks", num_blocks), ("feature_dim", feature_dim)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+    if isinstance(temporal_kernel, bool) or not isinstance(temporal_kernel, int) or temporal_kernel % 2 != 1:
+        raise ConfigError(f"temporal_kernel must be an odd positive integer, got {temporal_kernel!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
+    if head not in HEADS:
+        raise ConfigError(f"head must be one of {HEADS}, got {head!r}")
+
+
+class UnifiedSTGCN(nn.Module):
+    """ST-GCN encoder shared by several skeleton conventions (see the module docstring).
+
+    forward(x, conv) -> N x feature_dim (N x hidden_dim with head=None);
+    forward(x, conv, drop=True) -> (z, z_drop), z_drop from the SimAM-dropped feature map
+    through the same head; features(x, conv) -> N x hidden_dim, pooled, before the head.
+    """
+
+    def __init__(
+        self,
+        conventions: Sequence[str],
+        in_channels: int = 3,
+        hidden_channels: int = 16,
+        hidden_dim: int = 256,
+        num_blocks: int = 10,
+        temporal_kernel: int = 9,
+        dropout: float = 0.5,
+        partition: str = "official",
+        head: str | None = "mlp",
+        feature_dim: int = 128,
+        keep_prob: float = 0.7,
+        e_lambda: float = 1e-4,
+    ):
+        super().__init__()
+        _check_args(conventions, hidden_channels, hidden_dim, num_blocks, temporal_kernel, dropout, head, feature_dim)
+        self.conventions = tuple(conventions)
+        self.in_channels, self.hidden_dim = in_channels, hidden_dim
+        self.keep_prob, self.e_lambda = keep_prob, e_lambda
+        graphs = {name: torch.from_numpy(adjacency(name, partition)) for name in self.conventions}
+        self.num_joints = {name: get_convention(name).num_joints for name in self.conventions}
+
+        # Shared parts are built and initialised first: their random init then does not
+        # depend on which conventions follow (same seed -> same shared weights).
+        plan = channel_plan(in_channels, hidden_channels, hidden_dim, num_blocks)
+        self.blocks = nn.ModuleList(
+            STGCNBlock(c_in, c_out, stride, temporal_kernel=temporal_kernel,
+                       dropout=dropout if i > 0 else 0.0, residual=i > 0)  # fmt: skip
+            for i, (c_in, c_out, stride) in enumerate(plan)
+        )
+        if head == "mlp":  # the official "mlp hack"
+            self.fc = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, feature_dim))
+        elif head == "linear":
+            self.fc = nn.Linear(hidden_dim, feature_dim)
+        else:
+            self.fc = nn.Identity()
+        self.out_dim = hidden_dim if head is None else feature_dim
+
+        self.data_bn = nn.ModuleDict()
+        self.edge_importance = nn.ModuleDict()
+        for name, A in graphs.items():
+            V = A.shape[-1]
+            self.data_bn[name] = nn.BatchNorm1d(in_channels * V)
+            self.edge_importance[name] = nn.ParameterList(nn.Parameter(torch.ones_like(A)) for _ in plan)
+            self.register_buffer(f"A_{name}", A)
+        self.apply(init_weights)  # children in registration order: shared first
+
+    # ------------------------------------------------------------------ helpers
+    def _check_input(self, x: torch.Tensor, conv: str) -> None:
+        if conv not in self.num_joints:
+            raise ConfigError(f"convention {conv!r} is not in this model; it knows {list(self.conventions)}"
+                              + ("" if conv in list_conventions() else " (and it is not a registered convention)"))
+        V = self.num_joints[conv]
+        if x.dim() != 5 or x.shape[1] != self.in_channels or x.shape[3] != V:
+            raise ConfigError(
+                f"input for convention {conv!r} must be N x C x T x V x M with C={self.in_channels}, "
+                f"V={V}; got shape {tuple(x.shape)}"
+            )
+
+    def feature_map(self, x: torch.Tensor, conv: str) -> torch.Tensor:
+        """The last block's output (N*M, hidden_dim, T', V_conv)."""
+        self._check_input(x, conv)
+        N, C, T, V, M = x.shape
+        # data-BN over (N*M, V*C, T): one normaliser per (joint, coordinate), persons pooled
+        x = x.permute(0, 4, 3, 1, 2).reshape(N * M, V * C, T)
+        x = self.data_bn[conv](x)
+        x = x.view(N, M, V, C, T).permute(0, 1, 3, 4, 2).reshape(N * M, C, T, V)
+        A = getattr(self, f"A_{conv}")
+        for block, importance in zip(self.blocks, self.edge_importance[conv]):
+            x = block(x, A * importance)
+        return x
+
+    @staticmethod
+    def _pool(fmap: torch.Tensor, num_persons: int) -> torch.Tensor:
+        """Global average over (T, V), then mean over persons: (N*M, C, T, V) -> (N, C)."""
+        pooled = fmap.mean(dim=(2, 3))
+        return pooled.view(-1, num_persons, pooled.shape[1]).mean(dim=1)
+
+    # ------------------------------------------------------------------ API
+    def features(self, x: torch.Tensor, conv: str) -> torch.Tensor:
+        """N x hidden_dim pooled features before the head (linear evaluation input)."""
+        return self._pool(self.feature_map(x, conv), x.shape[-1])
+
+    def forward(self, x: torch.Tensor, conv: str, drop: bool = False):
+        fmap = self.feature_map(x, conv)
+        M = x.shape[-1]
+        z = self.fc(self._pool(fmap, M))
+        if not drop:
+            return z
+        z_drop = self.fc(self._pool(simam_drop(fmap, self.keep_prob, self.e_lambda), M))
+        return z, z_drop
