@@ -138,7 +138,7 @@ def test_bad_inputs_raise_config_errors_that_name_the_problem():
         model.features(clip("ntu-rgb+d")[:, :2], "ntu-rgb+d")
     with pytest.raises(ConfigError, match="not-a-skeleton"):
         UnifiedSTGCN(["not-a-skeleton"])
-    for bad in (dict(temporal_kernel=4), dict(num_blocks=0), dict(head="conv"), dict(dropout=1.0)):
+    for bad in (dict(temporal_kernel=4), dict(num_blocks=0), dict(head="conv"), dict(dropout=1.0), dict(in_channels=0)):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             UnifiedSTGCN(["ntu-rgb+d"], **bad)
     with pytest.raises(ConfigError, match="duplicate"):
