@@ -121,7 +121,8 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def _check_args(conventions, in_channels, hidden_channels, hidden_dim, num_blocks, temporal_kernel, dropout, head, feature_dim):
+def _check_args(conventions, in_channels, hidden_channels, hidden_dim, num_blocks, temporal_kernel, dropout, head,
+                feature_dim):  # fmt: skip
     if isinstance(conventions, str):
         raise ConfigError(f"conventions must be a list of names, got the string {conventions!r}")
     if not conventions:
@@ -131,8 +132,9 @@ def _check_args(conventions, in_channels, hidden_channels, hidden_dim, num_block
     for name in conventions:
         if "." in name:  # ModuleDict keys and buffer names cannot hold "."
             raise ConfigError(f"conventions: name {name!r} contains '.', which module keys cannot hold")
-    for field, value in (("in_channels", in_channels), ("hidden_channels", hidden_channels), ("hidden_dim", hidden_dim),
-                         ("num_blocks", num_blocks), ("feature_dim", feature_dim)):  # fmt: skip
+    for field, value in (("in_channels", in_channels), ("hidden_channels", hidden_channels),
+                         ("hidden_dim", hidden_dim), ("num_blocks", num_blocks),
+                         ("feature_dim", feature_dim)):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{field} must be a positive integer, got {value!r}")
     if isinstance(temporal_kernel, bool) or not isinstance(temporal_kernel, int) or temporal_kernel % 2 != 1:
@@ -167,7 +169,8 @@ class UnifiedSTGCN(nn.Module):
         e_lambda: float = 1e-4,
     ):
         super().__init__()
-        _check_args(conventions, in_channels, hidden_channels, hidden_dim, num_blocks, temporal_kernel, dropout, head, feature_dim)
+        _check_args(conventions, in_channels, hidden_channels, hidden_dim, num_blocks, temporal_kernel, dropout,
+                    head, feature_dim)  # fmt: skip
         self.conventions = tuple(conventions)
         self.in_channels, self.hidden_dim = in_channels, hidden_dim
         self.keep_prob, self.e_lambda = keep_prob, e_lambda
