@@ -89,9 +89,10 @@ def extract_features(encoder, x, conv: str, stream: str = "joint", batch_size: i
     try:
         with torch.no_grad(), autocast:
             for i in range(0, n, batch_size):
-                # np.asarray copies only this batch out of a memory-mapped file.
-                xb = torch.as_tensor(np.asarray(x[i:i + batch_size], dtype=np.float32)) \
-                    if not torch.is_tensor(x) else x[i:i + batch_size].float()
+                if torch.is_tensor(x):
+                    xb = x[i:i + batch_size].float()
+                else:  # copies only this batch out of a (read-only) memory-mapped file
+                    xb = torch.from_numpy(np.array(x[i:i + batch_size], dtype=np.float32))
                 xb = to_stream(xb.to(dev, non_blocking=True), conv, stream)
                 out.append(encoder.features(xb, conv).float().cpu())
     finally:
