@@ -106,7 +106,9 @@ def _apply_to_chosen(x: torch.Tensor, chosen: torch.Tensor, op, subset: bool | N
     accelerator where `nonzero` would cost a host sync, the op runs on every sample and
     `torch.where` keeps the chosen results.
     """
-    if x.device.type == "cpu" if subset is None else subset:
+    if subset is None:
+        subset = x.device.type == "cpu"
+    if subset:
         rows = chosen.nonzero().squeeze(1)
         if len(rows) == 0:
             return x.clone()

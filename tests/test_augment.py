@@ -209,8 +209,8 @@ def _reference_blur(seq, sigma, normalize):
 def test_gaussian_blur_matches_reference(normalize):
     x = clips(n=3, t=30).double()
     out = A.gaussian_blur(x, gen(), sigma=(1.5, 1.5), p=1.0, normalize=normalize)
-    for i in range(3):
-        np.testing.assert_allclose(out[i].numpy(), _reference_blur(x[i].numpy(), 1.5, normalize), atol=1e-6)  # float32 taps
+    for i in range(3):  # taps are float32, hence the tolerance
+        np.testing.assert_allclose(out[i].numpy(), _reference_blur(x[i].numpy(), 1.5, normalize), atol=1e-6)
 
 
 def test_gaussian_blur_keeps_constants_and_damps_high_frequencies():
