@@ -1,6 +1,7 @@
 """`ray job submit` against a local head node on 127.0.0.1, as a user would run it."""
 
 import json
+import secrets
 import os
 import signal
 import socket
@@ -26,7 +27,9 @@ def free_port():
 def head_node(tmp_path):
     """`ray start --head --block` in its own process group; killing the group stops it."""
     gcs, dash = free_port(), free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    # Token authentication, as on a real cluster: the head and every submitter share it.
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
     cmd = [
         str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
