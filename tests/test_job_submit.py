@@ -82,9 +82,10 @@ def test_ray_job_submit_runs_pretraining_and_logs_to_mlflow(tmp_path, head_node,
     deadline = time.monotonic() + 600
     status = ""
     while time.monotonic() < deadline:
-        status = subprocess.run(
+        res = subprocess.run(
             [str(BIN / "ray"), "job", "status", "--address", address, job_id], env=env, capture_output=True, text=True
-        ).stdout  # fmt: skip
+        )
+        status = res.stdout + res.stderr  # the ray CLI logs the status line to stderr
         if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
             break
         time.sleep(3)

@@ -19,7 +19,7 @@ def test_quickstart_json_runs_and_learning(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env["MSCLR_HOME"] = str(tmp_path / "home")
     res = subprocess.run(
-        [str(BIN / "msclr"), "quickstart", "--json", "--clips", "1200", "--set", "optim.epochs=4"],
+        [str(BIN / "msclr"), "quickstart", "--json"],
         env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path,
     )  # fmt: skip
     try:

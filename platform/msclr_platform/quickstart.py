@@ -32,7 +32,7 @@ def ensure_synth_dataset(path: Path, clips: int, seed: int = 0, conventions=None
     return path
 
 
-def quickstart(config: str | None = None, overrides=None, clips: int = 2000, tag: str | None = None) -> dict:
+def quickstart(config: str | None = None, overrides=None, clips: int = 1200, tag: str | None = None) -> dict:
     from mlflow.tracking import MlflowClient
 
     from .experiment import run_evaluation, run_experiment

@@ -159,9 +159,9 @@ def init_ray(cfg: ExperimentConfig) -> None:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
-    else:  # a private local runtime bound to loopback
+    else:  # a private local runtime bound to loopback (never a stale cluster from /tmp/ray)
         ray.init(
-            _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", include_dashboard=True,
+            address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", include_dashboard=True,
             runtime_env={"env_vars": env}, log_to_driver=True,
         )  # fmt: skip
 

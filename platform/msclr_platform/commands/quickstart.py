@@ -9,7 +9,7 @@ import json
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="quickstart YAML (default: experiments/quickstart.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--clips", type=int, default=2000, help="size of the synthetic benchmark")
+    parser.add_argument("--clips", type=int, default=1200, help="size of the synthetic benchmark")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
 
 
