@@ -42,7 +42,7 @@ class SweepSpec:
     search_alg: str = "random"  # random | grid | optuna | hyperopt (if installed)
     num_samples: int = 1
     max_concurrent_trials: int = 2
-    trial_cpus: float = 0.0  # the trial driver itself; Train workers have their own resources
+    trial_cpus: float = 0.01  # the trial driver itself (Tune needs >0); Train workers have their own
     time_budget_s: float | None = None
     final_eval: bool = True
 
@@ -146,7 +146,7 @@ def searcher(spec: SweepSpec):
         return None  # Tune's BasicVariantGenerator: grid entries expand, the rest sample
     try:
         return tune.create_searcher(spec.search_alg, metric=spec.metric, mode=spec.mode)
-    except (ImportError, ValueError) as err:
+    except (ImportError, ValueError, AssertionError) as err:  # Tune asserts when the package is missing
         raise ConfigError(
             f"search_alg {spec.search_alg!r} needs its package ({err}); install it or use random/grid"
         ) from None
