@@ -85,12 +85,13 @@ def test_ray_job_submit_runs_pretraining_and_logs_to_mlflow(tmp_path, head_node,
         res = subprocess.run(
             [str(BIN / "ray"), "job", "status", "--address", address, job_id], env=env, capture_output=True, text=True
         )
-        status = res.stdout + res.stderr  # the ray CLI logs the status line to stderr
-        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+        # The CLI logs "Job '<id>' succeeded" (or failed/stopped) to stderr.
+        status = (res.stdout + res.stderr).lower()
+        if any(f"' {s}" in status for s in ("succeeded", "failed", "stopped")):
             break
         time.sleep(3)
     logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", address, job_id], env=env, capture_output=True, text=True).stdout
-    assert "SUCCEEDED" in status, status + logs[-4000:]
+    assert "' succeeded" in status, status + logs[-4000:]
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("job-tests")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`msclr.run_name` = 'job-submit-test'")
