@@ -1,8 +1,9 @@
 """`ray job submit` against a local head node on 127.0.0.1, as a user would run it."""
 
 import json
-import secrets
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the ray CLI colours its output when it thinks a terminal is attached
 
 
 def free_port():
@@ -72,13 +74,14 @@ def test_ray_job_submit_runs_pretraining_and_logs_to_mlflow(tmp_path, head_node,
         f"ray: {{storage_path: {tmp_path / 'ray'}}}\ntracking: {{experiment: job-tests, system_metrics: false}}\n"
     )
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server, "MSCLR_HOME": str(msclr_home)}}
+    job_id = f"msclr-test-{secrets.token_hex(4)}"  # our own id: no parsing of coloured CLI output
     submit = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait", "--working-dir", str(REPO),
+         "--submission-id", job_id,
          "--runtime-env-json", json.dumps(runtime_env), "--", "msclr", "pretrain", str(cfg), "--no-eval"],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert submit.returncode == 0, submit.stdout + submit.stderr
-    job_id = next(w for w in submit.stdout.split() if w.startswith("raysubmit_"))
     deadline = time.monotonic() + 600
     status = ""
     while time.monotonic() < deadline:
@@ -86,7 +89,7 @@ def test_ray_job_submit_runs_pretraining_and_logs_to_mlflow(tmp_path, head_node,
             [str(BIN / "ray"), "job", "status", "--address", address, job_id], env=env, capture_output=True, text=True
         )
         # The CLI logs "Job '<id>' succeeded" (or failed/stopped) to stderr.
-        status = (res.stdout + res.stderr).lower()
+        status = ANSI.sub("", res.stdout + res.stderr).lower()
         if any(f"' {s}" in status for s in ("succeeded", "failed", "stopped")):
             break
         time.sleep(3)
