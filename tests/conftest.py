@@ -72,3 +72,20 @@ def msclr_home(tmp_path_factory):
         os.environ.pop("MSCLR_HOME", None)
     else:
         os.environ["MSCLR_HOME"] = old
+
+
+# ---------------------------------------------------------------- fault report (issue 7)
+
+
+def pytest_terminal_summary(terminalreporter):
+    from fault_report import FAULTS, HOSTILE
+
+    if not FAULTS and not HOSTILE:
+        return
+    terminalreporter.section("faults and hostile inputs")
+    for name, survived, detail in FAULTS:
+        terminalreporter.write_line(f"{'survived' if survived else 'FAILED':>8}  {name}" + (f"  ({detail})" if detail else ""))
+    for target, n in sorted(HOSTILE.items()):
+        terminalreporter.write_line(f"{n:>8}  hostile inputs: {target}")
+    if HOSTILE:
+        terminalreporter.write_line(f"{sum(HOSTILE.values()):>8}  hostile inputs in all")

@@ -16,7 +16,8 @@ measures the default behaviour. On CUDA the caching allocator makes this moot.
 from __future__ import annotations
 
 import argparse
-import json
+
+from . import emit_report
 
 OFFICIAL_SAMPLES_PER_S = 595.0  # AimCLR Feeder_triple, 3 views, one process, 2-core dev machine
 CLIP_SHAPE = (3, 50, 25, 2)  # C, T, V, M of NTU clips
@@ -108,15 +109,7 @@ def main(args) -> int:
         "malloc_tuned": malloc_tuned,
         "torch": torch.__version__,
     }
-    text = json.dumps(report, indent=2)
-    if args.out:
-        from msclr_core.io_utils import atomic_write_text
-
-        atomic_write_text(args.out, text + "\n")
-    if args.json:
-        print(text)
-    else:
-        print(f"{batches} batches of {args.batch_size} clips (1 extreme + 2 normal views) in {elapsed:.2f} s "
-              f"on {device}, {args.threads} thread(s): {report['samples_per_s']} samples/s, "
-              f"{report['ratio']}x the official {OFFICIAL_SAMPLES_PER_S:.0f} samples/s")
+    emit_report(args, report, f"{batches} batches of {args.batch_size} clips (1 extreme + 2 normal views) in {elapsed:.2f} s "
+                f"on {device}, {args.threads} thread(s): {report['samples_per_s']} samples/s, "
+                f"{report['ratio']}x the official {OFFICIAL_SAMPLES_PER_S:.0f} samples/s")
     return 0

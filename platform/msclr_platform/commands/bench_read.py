@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from . import emit_report
 
 OFFICIAL_FILES_PER_S, OFFICIAL_FRAMES_PER_S = 17.6, 2176.0  # AimCLR read_xyz, 2-core dev machine
 
@@ -59,15 +60,7 @@ def main(args) -> int:
         report["strict_files_per_s"] = round(len(files) / s_sec, 1)
         report["ratio_vs_strict_in_run"] = round(s_sec / seconds, 2)
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        from msclr_core.io_utils import atomic_write_text
-
-        atomic_write_text(args.out, text + "\n")
-    if args.json:
-        print(text)
-    else:
-        print(f"{report['files']} files, {report['frames']} frames in {seconds:.2f} s on one core: "
-              f"{report['files_per_s']} files/s, {report['frames_per_s']} frames/s "
-              f"({report['ratio']}x the official {OFFICIAL_FILES_PER_S} files/s); peak RSS {report['peak_rss_mb']} MB")
+    emit_report(args, report, f"{report['files']} files, {report['frames']} frames in {seconds:.2f} s on one core: "
+                f"{report['files_per_s']} files/s, {report['frames_per_s']} frames/s "
+                f"({report['ratio']}x the official {OFFICIAL_FILES_PER_S} files/s); peak RSS {report['peak_rss_mb']} MB")
     return 0
