@@ -51,11 +51,9 @@ def ray_local():
 
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
     if not ray.is_initialized():
-        ray.init(
-            address="local", num_cpus=2, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
-            include_dashboard=True,
-            log_to_driver=True,
-        )  # fmt: skip
+        from msclr_platform.local_ray import start_local_ray
+
+        start_local_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

@@ -22,6 +22,7 @@ from msclr_core.pretrain import build_model, build_optimizer, train_epoch, valid
 
 from .config import ExperimentConfig, from_dict
 from .data import load_split, dataset_for
+from .local_ray import start_local_ray, user_ray_address
 from .tracking import MetricLogger, msclr_home
 
 CKPT_FILE = "state.pt"
@@ -156,14 +157,11 @@ def init_ray(cfg: ExperimentConfig) -> None:
         "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296",
     }
     os.environ.update(env)
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    address = cfg.ray.address or user_ray_address()
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:  # a private local runtime bound to loopback (never a stale cluster from /tmp/ray)
-        ray.init(
-            address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", include_dashboard=True,
-            runtime_env={"env_vars": env}, log_to_driver=True,
-        )  # fmt: skip
+        start_local_ray(env_vars=env)
 
 
 def check_resources(cfg: ExperimentConfig) -> None:
