@@ -239,10 +239,16 @@ def run_sweep(path: str | Path, resume: bool = False, overrides: list[str] | Non
         )  # fmt: skip
     results = tuner.fit()
     table = results_table(results, spec, base.optim.epochs)
-    best = _log_sweep_results(client, parent_id, spec, table)
-    client.set_terminated(parent_id, "FINISHED")
+    unfinished = len(results) - results.num_terminated - results.num_errors
+    if unfinished:  # Ctrl-C (Tune saved its state and returned) or the time budget ran out
+        print(f"sweep {spec.name!r}: {unfinished} trial(s) did not finish; continue with "
+              f"`msclr sweep {sweep.path} --resume`", flush=True)  # fmt: skip
+        best = None  # the parent stays RUNNING: the resumed sweep logs into it
+    else:
+        best = _log_sweep_results(client, parent_id, spec, table)
+        client.set_terminated(parent_id, "FINISHED")
     del ray
-    return {"parent_run_id": parent_id, "mlflow_uri": uri, "table": table, "best_trial": best}
+    return {"parent_run_id": parent_id, "mlflow_uri": uri, "table": table, "best_trial": best, "unfinished": unfinished}
 
 
 def results_table(results, spec: SweepSpec, epochs: int):
@@ -267,14 +273,23 @@ def _log_sweep_results(client, parent_id: str, spec: SweepSpec, table) -> str | 
     from . import plots
     from .tracking import RUN_NAME_TAG
 
+    exp_id = client.get_run(parent_id).info.experiment_id
+
+    def child_runs(trial_id):
+        return client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{spec.name}-{trial_id}'")
+
+    # ASHA kills a stopped trial's driver, so its child run never ends by itself: close it
+    # here as KILLED, tagged, so the UI tells "stopped early" from "still running".
+    for row in table[table["stopped_early"]].itertuples():
+        for run in child_runs(row.trial_id):
+            client.set_tag(run.info.run_id, "msclr.stopped_early", f"epoch {row.epochs_done}")
+            client.set_terminated(run.info.run_id, "KILLED")
     done = table[~table["stopped_early"] & (table["status"] == "TERMINATED")]
     col = "final_linear_top1" if done["final_linear_top1"].notna().any() else spec.metric
     best = None
     if not done.empty and done[col].notna().any():
         best = done.loc[done[col].idxmax() if spec.mode == "max" else done[col].idxmin(), "trial_id"]
-        exp_id = client.get_run(parent_id).info.experiment_id
-        runs = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{spec.name}-{best}'")
-        for run in runs:
+        for run in child_runs(best):
             client.set_tag(run.info.run_id, "msclr.best_trial", "true")
         client.set_tag(parent_id, "best_trial", best)
     with tempfile.TemporaryDirectory() as d:

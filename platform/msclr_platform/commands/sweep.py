@@ -23,6 +23,8 @@ def main(args) -> int:
         print(f"{args.sweep}: ok ({len(sweep.spec.search)} searched keys, metric {sweep.spec.metric})")
         return 0
     out = run_sweep(args.sweep, resume=args.resume, overrides=args.overrides)
+    if out["unfinished"]:
+        return 130  # interrupted: the message above says how to resume
     print(out["table"].to_string(index=False))
     print(f"\nbest trial: {out['best_trial']}; MLflow parent run {out['parent_run_id']} at {out['mlflow_uri']}")
     if args.json:
