@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,7 +217,11 @@ def run_sweep(path: str | Path, resume: bool = False, overrides: list[str] | Non
     parent_id, resumed = get_or_create_run(client, base.tracking.experiment, f"sweep-{spec.name}", tags={"msclr.kind": "sweep"})
     if not resumed:
         client.log_artifact(parent_id, str(sweep.path))
-    init_ray(base)
+    # A local runtime gets one logical CPU more than the machine has: it holds the trial
+    # drivers (trial_cpus each), which only wait on their Train run. Without it a trial
+    # whose workers ask for every core could never start (0.01 + 2 > 2).
+    init_ray(base, num_cpus=(os.cpu_count() or 1) + 1)
+    check_trial_fits(spec, base)
     exp_path = str(Path(storage_path(base)) / f"sweep-{spec.name}")
     trainable = tune.with_resources(
         tune.with_parameters(_trial, sweep=sweep, parent_id=parent_id, uri=uri), {"cpu": spec.trial_cpus}
@@ -249,6 +254,21 @@ def run_sweep(path: str | Path, resume: bool = False, overrides: list[str] | Non
         client.set_terminated(parent_id, "FINISHED")
     del ray
     return {"parent_run_id": parent_id, "mlflow_uri": uri, "table": table, "best_trial": best, "unfinished": unfinished}
+
+
+def check_trial_fits(spec: SweepSpec, base: ExperimentConfig) -> None:
+    """A trial that can never be placed makes Tune wait forever: refuse it up front."""
+    import ray
+
+    have = ray.cluster_resources()
+    need = spec.trial_cpus + base.ray.num_workers * base.ray.cpus_per_worker
+    if need > have.get("CPU", 0) + 1e-9:
+        raise ConfigError(
+            f"a trial needs {need:g} CPUs (trial_cpus {spec.trial_cpus:g} + ray.num_workers {base.ray.num_workers} "
+            f"x ray.cpus_per_worker {base.ray.cpus_per_worker:g}) but the Ray cluster has {have.get('CPU', 0):g}"
+        )
+    if base.ray.use_gpu and base.ray.num_workers * base.ray.gpus_per_worker > have.get("GPU", 0):
+        raise ConfigError(f"a trial needs {base.ray.num_workers * base.ray.gpus_per_worker:g} GPUs, the cluster has {have.get('GPU', 0):g}")
 
 
 def results_table(results, spec: SweepSpec, epochs: int):
