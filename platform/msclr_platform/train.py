@@ -145,7 +145,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 # ---------------------------------------------------------------- driver side
 
 
-def init_ray(cfg: ExperimentConfig) -> None:
+def init_ray(cfg: ExperimentConfig, num_cpus: int | None = None) -> None:
+    """Connect to ray.address / RAY_ADDRESS, or start a private local runtime (num_cpus logical CPUs)."""
     import ray
 
     if ray.is_initialized():
@@ -155,13 +156,15 @@ def init_ray(cfg: ExperimentConfig) -> None:
         # Keep freed memory in the heap instead of returning every large activation to
         # the kernel and faulting it in again next step (1.6x faster CPU steps here).
         "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296",
+        # Train V2 re-routes worker print() through a logger and tees it: every progress line twice.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     }
     os.environ.update(env)
     address = cfg.ray.address or user_ray_address()
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:  # a private local runtime bound to loopback (never a stale cluster from /tmp/ray)
-        start_local_ray(env_vars=env)
+        start_local_ray(num_cpus=num_cpus, env_vars=env)
 
 
 def check_resources(cfg: ExperimentConfig) -> None:
