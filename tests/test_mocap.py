@@ -148,6 +148,40 @@ def test_amc_errors_name_line(tmp_path):
         mocap.read_asf_amc(tmp_path / "t.asf", tmp_path / "t.amc")
 
 
+@pytest.mark.parametrize("asf_edit, amc_edit, match", [
+    (("up fore", "up fore\n    fore up"), None, r"t\.asf, line \d+.*'up' appears twice in the hierarchy"),  # a cycle
+    (("length 0.5", "length 0"), None, r"t\.asf, line 6.*units length must be > 0"),
+    (("length 10", "length"), None, r"t\.asf, line 18.*length needs 1 value"),
+    (("direction 1 0 0", "direction 1 0"), None, r"line 28.*direction needs 3 value"),
+    (("dof rx\n", "dof rq\n"), None, r"line 31.*unsupported dof 'rq'"),
+    (None, ("fore 90", "fore nan"), r"t\.amc, line 11.*fore must be finite"),
+    (None, ("", ""), None),  # unchanged: reads
+])
+def test_asf_amc_hostile_values_name_line(tmp_path, asf_edit, amc_edit, match):
+    (tmp_path / "t.asf").write_text(ASF.replace(*asf_edit) if asf_edit else ASF)
+    (tmp_path / "t.amc").write_text(AMC.replace(*amc_edit) if amc_edit else AMC)
+    if match is None:
+        assert mocap.read_asf_amc(tmp_path / "t.asf", tmp_path / "t.amc").positions.shape == (2, 3, 3)
+        return
+    with pytest.raises(DataError, match=match):
+        mocap.read_asf_amc(tmp_path / "t.asf", tmp_path / "t.amc")
+
+
+@pytest.mark.parametrize("old, new, match", [
+    ("CHANNELS 3 Zrotation", "CHANNELS nan Zrotation", r"line 9.*must be finite"),
+    ("CHANNELS 3 Zrotation", "CHANNELS 2.5 Zrotation", r"line 9.*whole number"),
+    ("Frames: 2", "Frames: -1", r"line 26.*whole number >= 0"),
+    ("OFFSET 0 10 0", "OFFSET 0 1e999 0", r"line 8.*must be finite"),
+    ("1 2 3 90 0 0", "1 2 3 nan 0 0", r"line 29.*frame 1 has a value that is not a finite number"),
+    ("OFFSET 0 10 0", "OFFSET 0 1e308 0", r"field 'positions'.*no finite position"),  # overflows in FK
+])
+def test_bvh_hostile_values_name_line(tmp_path, old, new, match):
+    path = tmp_path / "h.bvh"
+    path.write_text(BVH.replace(old, new, 1))
+    with pytest.raises(DataError, match=match):
+        mocap.read_bvh(path)
+
+
 def _ridge_accuracy(train_x, train_y, test_x, test_y, num_classes, lam=1.0):
     # 16 resampled frames of the (already root-relative, shoulder-aligned) NTU coordinates
     def feats(x):

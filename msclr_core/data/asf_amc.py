@@ -183,7 +183,7 @@ def _parse_amc(path: Path, dofs: dict[str, int]) -> list[dict[str, list[float]]]
                             path=path, line=n, field=name)
         frames[-1][name] = vals
     if not frames:
-        raise DataError("no frames found", path=path)
+        raise DataError("no frames found", path=path, field="frames")
     return frames
 
 

@@ -97,6 +97,10 @@ def import_real_mocap_npz(npz_path, out_dir, conventions=("ntu-rgb+d", "h36m_17"
         raise DataError(f"clip range outside pos (start {start[bad[0]]}, length {length[bad[0]]})",
                         path=npz_path, sample=clip_names[bad[0]], field="start/length")
 
+    clip_ok = np.array([np.isfinite(pos[s:s + n]).all() for s, n in zip(start, length)], bool)
+    if not clip_ok.all():
+        bad = int(np.flatnonzero(~clip_ok)[0])
+        raise DataError("joint positions must be finite", path=npz_path, sample=clip_names[bad], field="pos")
     skeleton_kind(joint_names)  # fail early when no joint map fits this skeleton
     arrays = {}
     for conv in conventions:
@@ -108,7 +112,11 @@ def import_real_mocap_npz(npz_path, out_dir, conventions=("ntu-rgb+d", "h36m_17"
                                     seed=seed + k)
             x = np.zeros((3, len(xyz), xyz.shape[1], persons), np.float32)
             x[..., 0] = xyz.transpose(2, 0, 1)
-            out[k] = normalize_clip(x, conv, T) if normalize == "clip" else preprocess_clip(x, conv, T=T)
+            with np.errstate(over="ignore", invalid="ignore"):  # huge positions: the check below says so
+                out[k] = normalize_clip(x, conv, T) if normalize == "clip" else preprocess_clip(x, conv, T=T)
+            if not np.isfinite(out[k]).all():
+                raise DataError(f"{conv} positions overflow after normalisation (values too large?)",
+                                path=npz_path, sample=clip_names[k], field="pos")
         arrays[conv] = out
 
     splits, meta = {}, {"frames": [int(v) for v in length]}
