@@ -20,10 +20,11 @@ import yaml
 
 from msclr_core import __version__ as core_version
 from msclr_core import evaluation as E
+from msclr_core.errors import MsclrError
 
 from . import plots
 from .config import ExperimentConfig, flatten
-from .tracking import check_reachable, ensure_tracking_uri, get_or_create_run, git_commit, log_params
+from .tracking import check_reachable, ensure_tracking_uri, get_or_create_run, git_commit, log_params, sync_history
 
 
 @dataclass
@@ -82,7 +83,9 @@ def run_pretrain(cfg: ExperimentConfig, *, parent_run_id: str | None = None, qui
     if not quiet:
         print(f"MLflow run {run_id} ({'resumed' if resumed else 'new'}) at {uri}", flush=True)
     log_params(client, run_id, flatten(cfg.to_dict()))
-    if not resumed:
+    if resumed:  # a killed or failed attempt left it RUNNING or FAILED: it is running again
+        client.update_run(run_id, status="RUNNING")
+    else:
         log_dataset(client, run_id, cfg, ds)
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -93,21 +96,33 @@ def run_pretrain(cfg: ExperimentConfig, *, parent_run_id: str | None = None, qui
     system = _system_metrics(uri, run_id, cfg)
     try:
         result = make_trainer(cfg, loop_config).fit()
-    except Exception:
+        if result.error:
+            raise result.error
+    except Exception as err:
         client.set_terminated(run_id, "FAILED")
-        raise
+        raise worker_project_error(err) or err
     finally:
         if system is not None:
             system.finish()
-    if result.error:
-        client.set_terminated(run_id, "FAILED")
-        raise result.error
     with result.checkpoint.as_directory() as d:
         state = load_state(Path(d) / CKPT_FILE)
+    # Epochs whose metrics the worker could not deliver (tracking server down at the end).
+    sync_history(client, run_id, state["history"])
     _log_pretrain_artifacts(client, run_id, cfg, state)
     client.set_terminated(run_id, "FINISHED")
     del ray  # imported for its side effects on the driver
     return PretrainResult(run_id, result.checkpoint.path, state["history"], state["model"])
+
+
+def worker_project_error(err: BaseException) -> MsclrError | None:
+    """The MsclrError a worker raised inside Ray's failure wrapper, so the CLI prints its
+    message (exit code 2) instead of a Ray traceback: e.g. a checkpoint that could not be written."""
+    for failure in getattr(err, "worker_failures", {}).values():
+        while failure is not None:
+            if isinstance(failure, MsclrError):
+                return failure
+            failure = getattr(failure, "cause", None) or failure.__cause__
+    return None
 
 
 def _system_metrics(uri: str, run_id: str, cfg: ExperimentConfig):

@@ -8,11 +8,14 @@ database and artifacts live under one project directory (`msclr_home()`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -54,7 +57,9 @@ def start_server(root: Path, port: int | None = None, wait_s: float = 90.0) -> d
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
     log = open(root / "server.log", "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+    # MLflow's job runner (GenAI scorers) is a dozen more processes that msclr never uses.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root, env=env)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
@@ -65,7 +70,8 @@ def start_server(root: Path, port: int | None = None, wait_s: float = 90.0) -> d
         if proc.poll() is not None:
             break
         time.sleep(0.5)
-    proc.kill()
+    with contextlib.suppress(ProcessLookupError):  # the server's workers too, not just the launcher
+        os.killpg(proc.pid, signal.SIGKILL)
     tail = (root / "server.log").read_text(errors="replace")[-2000:]
     raise RuntimeError(f"mlflow server did not start on {uri} (log: {root / 'server.log'}):\n{tail}")
 
@@ -134,45 +140,106 @@ def git_commit() -> str:
         return "unknown"
 
 
-class MetricLogger:
-    """Per-epoch metrics from rank 0, straight to the tracking server.
+def epoch_metrics(row: dict, step: int, timestamp_ms: int) -> list:
+    """MLflow Metric entities for one epoch's stats (numbers only; the step is the epoch)."""
+    from mlflow.entities import Metric
 
-    If the server is unreachable (e.g. restarting), metrics are kept in memory and
-    flushed with the next successful call, so a restart loses nothing. Steps already in
-    the run (a resumed run re-running epochs after its last checkpoint) are not logged twice.
+    return [
+        Metric(k, float(v), timestamp_ms, step)
+        for k, v in row.items()
+        if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+
+
+def sync_history(client, run_id: str, history: list[dict]) -> int:
+    """Log the epochs of `history` (rows with an "epoch" key) that the run lacks; return how many.
+
+    The checkpoint's history is the durable copy of every epoch's metrics: whatever the
+    worker could not deliver (server down at the end, worker killed with a backlog) is
+    sent from here, and never twice.
+    """
+    done = logged_steps(client, run_id, "loss")
+    missing = [row for row in history if row["epoch"] not in done]
+    ts = int(time.time() * 1000)
+    for row in missing:
+        client.log_batch(run_id, metrics=epoch_metrics(row, row["epoch"], ts))
+    return len(missing)
+
+
+class MetricLogger:
+    """Per-epoch metrics from rank 0 to the tracking server, without ever blocking training.
+
+    `log` only queues; a background thread sends one epoch per `log_batch`. While the server
+    is unreachable (restarting, network) the backlog stays in memory and the thread retries
+    with backoff, so a restart loses nothing and training never waits on MLflow. Nothing
+    is logged twice: steps the run already has (epochs re-run after a restore) are skipped,
+    and a batch whose reply was lost is re-sent unchanged (same timestamps), which the
+    server de-duplicates. `close(timeout_s)` waits for the backlog at the end of training.
+
+    This loop replaces MLflow's own HTTP retries, which would hold one request for minutes:
+    construct the logger where MLFLOW_HTTP_REQUEST_MAX_RETRIES=0 (the train worker sets it).
     """
 
-    def __init__(self, tracking_uri: str, run_id: str):
+    def __init__(self, tracking_uri: str, run_id: str, retry_s: float = 1.0, max_retry_s: float = 15.0):
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
         self.run_id = run_id
-        self.pending: list = []
-        self.failures = 0
-        try:
-            self.done = logged_steps(self.client, run_id, "loss")
-        except Exception:  # noqa: BLE001 - server down at start: assume nothing logged
-            self.done = set()
+        self.retry_s, self.max_retry_s = retry_s, max_retry_s
+        self.failures = 0  # failed send attempts (what a server outage costs: retries, not data)
+        self._pending: list[tuple[int, list]] = []  # (step, metrics), oldest first
+        self._done: set[int] | None = None  # steps the run has; read on first contact
+        self._closing = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._send_loop, name="msclr-metrics", daemon=True)
+        self._thread.start()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+        batch = epoch_metrics(metrics, step, int(time.time() * 1000))
+        with self._cond:
+            self._pending.append((step, batch))
+            self._cond.notify_all()
 
-        if step in self.done:
-            return
-        ts = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), ts, step) for k, v in metrics.items() if isinstance(v, (int, float))]
-        self.done.add(step)
-        self.flush(raise_on_error=False)
+    def log_history(self, history: list[dict]) -> None:
+        """Queue restored epochs too: a killed worker may have died with them unsent."""
+        for row in history:
+            self.log(row, step=row["epoch"])
 
-    def flush(self, raise_on_error: bool = True) -> bool:
-        while self.pending:
-            batch = self.pending[:500]
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def close(self, timeout_s: float = 60.0) -> bool:
+        """Wait up to timeout_s for the backlog to reach the server; True if it did."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: not self._pending, timeout=timeout_s)
+
+    def _send_loop(self) -> None:
+        delay = self.retry_s
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._closing)
+                if not self._pending:
+                    return
+                step, batch = self._pending[0]
             try:
-                self.client.log_batch(self.run_id, metrics=batch)
-            except Exception:  # noqa: BLE001 - keep locally, retry on the next call
+                self._send(step, batch)
+            except Exception:  # noqa: BLE001 - server unreachable: keep the backlog, retry later
                 self.failures += 1
-                if raise_on_error:
-                    raise
-                return False
-            del self.pending[: len(batch)]
-        return True
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_retry_s)
+                continue
+            delay = self.retry_s
+            with self._cond:
+                self._pending.pop(0)
+                self._cond.notify_all()
+
+    def _send(self, step: int, batch: list) -> None:
+        if self._done is None:
+            self._done = logged_steps(self.client, self.run_id, "loss")
+        if step not in self._done:
+            self.client.log_batch(self.run_id, metrics=batch)
+            self._done.add(step)

@@ -5,19 +5,46 @@ compute, creates (or finds, by run name) the MLflow run, and fits a TorchTrainer
 workers run msclr_core.pretrain.train_epoch. Resume is by name: running the same config
 again finds the Ray run snapshot and continues from its last checkpoint, logging into the
 same MLflow run.
+
+Checkpoints are taken at epoch boundaries (every ray.checkpoint_every epochs and the last)
+by rank 0, straight into the Ray run directory and atomically: the file is written into a
+hidden temporary directory that becomes `epoch-NNNNN` by one rename, and only then is it
+reported to Ray (NO_UPLOAD). A crash mid-write leaves a hidden `.epoch-NNNNN.*.partial`
+that neither Ray's run snapshot nor msclr_platform.runs.latest_checkpoint ever picks; Ray's
+default upload would copy file by file into `epoch-NNNNN/`, where a half-copied state.pt
+looks like a checkpoint. A worker that dies mid-epoch restarts from the last checkpoint
+(ray.max_failures times) and replays the epoch exactly: train_epoch derives all randomness
+from (seed, epoch, step), and the checkpoint holds the model (BN statistics, and the MoCo
+queue as extra state), the optimizer (momentum buffers) and the metric history.
+
+Test-only fault injection (tests/test_faults.py): the driver reads
+MSCLR_FAULT_INJECT="ACTION:epoch=E[:step=S][:signal=TERM][:bytes=N]" and hands it to rank 0,
+where it fires once per run (a marker file in the run directory):
+    kill_worker:epoch=2:step=3    SIGKILL rank 0 itself after step 3 (0-based) of epoch 2
+    kill_worker:epoch=2           ... while epoch 2's checkpoint file is half written
+    kill_driver:epoch=2[:step=S]  signal the driver at the same places, then wait to be torn down
+    fsize_limit:epoch=2:bytes=N   RLIMIT_FSIZE=N bytes while epoch 2's checkpoint is written
+                                  (a real kernel limit: the write fails as on a full disk)
+`signal=TERM` sends SIGTERM instead of SIGKILL.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
+import resource
+import signal
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from msclr_core.errors import ConfigError
-from msclr_core.io_utils import atomic_write_bytes
+from msclr_core.errors import ConfigError, MsclrError
+from msclr_core.io_utils import atomic_dir, atomic_write_text
 from msclr_core.pretrain import build_model, build_optimizer, train_epoch, validate
 
 from .config import ExperimentConfig, from_dict
@@ -26,6 +53,14 @@ from .local_ray import start_local_ray, user_ray_address
 from .tracking import MetricLogger, msclr_home
 
 CKPT_FILE = "state.pt"
+FAULT_ENV = "MSCLR_FAULT_INJECT"
+FAULT_ACTIONS = ("kill_worker", "kill_driver", "fsize_limit")
+FAULT_WAIT_S = 300.0  # how long a fault's process waits to be torn down before giving up
+METRICS_CLOSE_TIMEOUT_S = 60.0  # the driver logs whatever is still unsent from the checkpoint
+
+
+class CheckpointWriteError(MsclrError):
+    """A checkpoint could not be written (disk full, quota, file-size limit); the previous one is intact."""
 
 
 # ---------------------------------------------------------------- worker side
@@ -39,20 +74,132 @@ def _device(cfg: ExperimentConfig) -> torch.device:
     return ray.train.torch.get_device()
 
 
-def save_state(path: Path, model, optimizer, epoch: int, history: list[dict]) -> None:
-    """Write a checkpoint file atomically (temp file + rename): never half-written."""
-    import io
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch-{epoch:05d}"
 
+
+def state_bytes(model, optimizer, epoch: int, history: list[dict]) -> bytes:
     buf = io.BytesIO()
     torch.save(
         {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history},
         buf,
     )
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_checkpoint(target: Path, data: bytes, midway=None) -> None:
+    """Write directory `target` holding CKPT_FILE atomically: it appears complete or not at all."""
+    with atomic_dir(target, overwrite=True) as tmp, open(tmp / CKPT_FILE, "wb") as f:
+        half = len(data) // 2
+        f.write(data[:half])
+        if midway is not None:
+            midway()  # test-only fault point: a crash here leaves a half-written file
+        f.write(data[half:])
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_state(path: Path, map_location="cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A test-only fault from MSCLR_FAULT_INJECT (grammar in the module docstring)."""
+
+    spec: str
+    action: str
+    epoch: int
+    step: int | None = None  # None: while the epoch's checkpoint is written
+    signal: str = "KILL"
+    nbytes: int = 0
+
+    @classmethod
+    def parse(cls, spec: str | None) -> "Fault | None":
+        if not spec:
+            return None
+        action, *pairs = spec.split(":")
+        try:
+            opts = dict(p.split("=", 1) for p in pairs)
+            step = opts.pop("step", None)
+            fault = cls(spec, action, int(opts.pop("epoch")), None if step is None else int(step),
+                        opts.pop("signal", "KILL").upper(), int(opts.pop("bytes", 0)))  # fmt: skip
+        except (KeyError, ValueError) as err:
+            raise ConfigError(f"{FAULT_ENV}={spec!r}: expected ACTION:epoch=E[:step=S][:signal=KILL|TERM][:bytes=N] ({err!r})") from None
+        if action not in FAULT_ACTIONS or opts or fault.signal not in ("KILL", "TERM"):
+            raise ConfigError(f"{FAULT_ENV}={spec!r}: actions are {', '.join(FAULT_ACTIONS)}, signals KILL or TERM")
+        return fault
+
+
+class FaultInjector:
+    """Fires a Fault on rank 0 where it is due, once per run (also across restarts)."""
+
+    def __init__(self, fault: Fault | None, run_dir: str, driver_pid: int):
+        self.fault, self.run_dir, self.driver_pid = fault, Path(run_dir), driver_pid
+
+    def _claim(self, action: str, epoch: int, step: int | None) -> bool:
+        f = self.fault
+        if f is None or f.action != action or (f.epoch, f.step) != (epoch, step):
+            return False
+        marker = self.run_dir / ".msclr-faults" / re.sub(r"[^\w.=-]", "_", f.spec)
+        if marker.exists():
+            return False
+        atomic_write_text(marker, f"{f.spec}\npid={os.getpid()}\n")  # the test waits for this pid to die
+        return True
+
+    def kill_point(self, epoch: int, step: int | None = None) -> None:
+        for action in ("kill_worker", "kill_driver"):
+            if self._claim(action, epoch, step):
+                sig = signal.SIGKILL if self.fault.signal == "KILL" else signal.SIGTERM
+                print(f"fault injection: {self.fault.spec}", flush=True)
+                os.kill(os.getpid() if action == "kill_worker" else self.driver_pid, sig)
+                # Stay where the fault hit (mid-epoch, or the checkpoint half written) until the
+                # signal, or the driver's death tearing the cluster down, ends this process.
+                time.sleep(FAULT_WAIT_S)
+                raise RuntimeError(f"fault injection {self.fault.spec!r}: still alive after {FAULT_WAIT_S:g} s")
+
+    @contextlib.contextmanager
+    def file_size_limit(self, epoch: int):
+        """RLIMIT_FSIZE for this process while the block runs, when an fsize_limit fault is due."""
+        if not self._claim("fsize_limit", epoch, None):
+            yield
+            return
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.fault.nbytes, hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def save_checkpoint(target: Path, epoch: int, data: bytes, faults: FaultInjector, previous: str | None) -> None:
+    """write_checkpoint with the fault points; a failed write raises CheckpointWriteError."""
+    try:
+        with faults.file_size_limit(epoch):
+            write_checkpoint(target, data, midway=lambda: faults.kill_point(epoch))
+    except OSError as err:  # ENOSPC, EDQUOT, EFBIG (file-size limit), EROFS ...
+        kept = f"the previous checkpoint {previous} is intact" if previous else "there is no earlier checkpoint"
+        raise CheckpointWriteError(
+            f"could not write checkpoint {target} ({len(data)} bytes): {err.strerror or err} "
+            f"(errno {err.errno}; disk full, quota or file-size limit?); {kept}"
+        ) from None
+
+
+@contextlib.contextmanager
+def checkpoint_target(run_dir: str, epoch: int):
+    """(directory rank 0 writes the checkpoint to, how Ray gets it) for this epoch.
+
+    A filesystem path (local disk or a shared mount): the run directory itself, atomic by
+    rename, so Ray need not copy it. An object store URI (s3://...): a local temporary
+    directory that Ray uploads; the single file becomes one object, and a PUT is atomic.
+    """
+    from ray.train import CheckpointUploadMode
+
+    if "://" not in run_dir:
+        yield Path(run_dir) / checkpoint_name(epoch), CheckpointUploadMode.NO_UPLOAD
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            yield Path(d) / checkpoint_name(epoch), CheckpointUploadMode.SYNC
 
 
 class ProbeSet:
@@ -89,25 +236,34 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = _device(cfg)
+    run_dir = loop_config["run_dir"]
+    fault = Fault.parse(loop_config.get("fault")) if rank == 0 else None
+    faults = FaultInjector(fault, run_dir, loop_config.get("driver_pid", 0))
 
     data = {c: torch.from_numpy(a).to(device) for c, a in load_split(cfg, cfg.data.train_part).arrays.items()}
     model = build_model(settings).to(device)
     optimizer = build_optimizer(model, settings)
-    start_epoch, history = 1, []
+    start_epoch, history, last_checkpoint = 1, [], None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = load_state(Path(d) / CKPT_FILE, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
+        start_epoch, history, last_checkpoint = state["epoch"] + 1, state["history"], checkpoint.path
     # The queue is not a module buffer, so DDP never re-broadcasts it; parameters of
     # conventions absent from a step get no gradient, hence find_unused_parameters.
     ddp_model = ray.train.torch.prepare_model(
         model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True}
     ) if world > 1 else model  # fmt: skip
 
-    logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+    logger = None
+    if rank == 0:
+        # MetricLogger retries in the background; MLflow's own retries would hold a request for minutes.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"])
+        logger.log_history(history)  # a killed worker may have died with restored epochs unsent
     probe = ProbeSet.load(cfg) if rank == 0 and cfg.eval.probe_every > 0 else None
     autocast = torch.bfloat16 if cfg.precision == "bf16" else None
     epochs = settings.optim.epochs
@@ -116,6 +272,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         stats = train_epoch(
             ddp_model, optimizer, data, settings, epoch,
             rank=rank, world_size=world, device=device, autocast_dtype=autocast,
+            on_step=lambda step, _n, epoch=epoch: faults.kill_point(epoch, step),
         )  # fmt: skip
         stats["epoch_time_s"] = time.perf_counter() - t0
         if probe is not None and (epoch % cfg.eval.probe_every == 0 or epoch == epochs):
@@ -131,15 +288,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
             logger.log(stats, step=epoch)
         metrics = {"epoch": epoch, **stats}
         if epoch % cfg.ray.checkpoint_every == 0 or epoch == epochs:
-            with tempfile.TemporaryDirectory() as d:
+            with checkpoint_target(run_dir, epoch) as (target, upload_mode):
                 if rank == 0:
-                    save_state(Path(d) / CKPT_FILE, model, optimizer, epoch, history)
-                ckpt = ray.train.Checkpoint.from_directory(d) if rank == 0 else None
-                ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch-{epoch:05d}")
+                    save_checkpoint(target, epoch, state_bytes(model, optimizer, epoch, history), faults, last_checkpoint)
+                    last_checkpoint = str(target)
+                ckpt = ray.train.Checkpoint.from_directory(target) if rank == 0 else None
+                ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=target.name, checkpoint_upload_mode=upload_mode)
         else:
             ray.train.report(metrics)
-    if logger is not None:
-        logger.flush(raise_on_error=False)
+    if logger is not None and not logger.close(METRICS_CLOSE_TIMEOUT_S):
+        print(f"MLflow unreachable: {logger.pending} epochs unsent; the driver logs them from the checkpoint", flush=True)
 
 
 # ---------------------------------------------------------------- driver side
@@ -184,13 +342,26 @@ def check_resources(cfg: ExperimentConfig) -> None:
 
 
 def storage_path(cfg: ExperimentConfig) -> str:
-    return cfg.ray.storage_path or str(msclr_home() / "ray")
+    """Absolute, as Ray keeps it: rank 0 writes checkpoints under it directly, from another cwd."""
+    path = cfg.ray.storage_path or str(msclr_home() / "ray")
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def run_directory(cfg: ExperimentConfig) -> str:
+    """The Ray run directory (Ray's experiment path): checkpoints and the run snapshot."""
+    return f"{storage_path(cfg).rstrip('/')}/{cfg.name}"
 
 
 def make_trainer(cfg: ExperimentConfig, loop_config: dict, callbacks=None):
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    # What every worker needs besides the caller's keys; the fault spec is parsed here so a
+    # typo fails before any compute.
+    Fault.parse(os.environ.get(FAULT_ENV))
+    loop_config = {
+        **loop_config, "run_dir": run_directory(cfg), "driver_pid": os.getpid(), "fault": os.environ.get(FAULT_ENV),
+    }  # fmt: skip
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
         resources["GPU"] = cfg.ray.gpus_per_worker
