@@ -270,10 +270,13 @@ def test_driver_killed_while_checkpoint_is_written_then_rerun_resumes(
         assert "(resumed)" in second.stdout, second.stdout[-2000:]
         assert checkpoint_epoch(latest_checkpoint(cfg)) == 3
         assert [h["epoch"] for h in load_state(latest_checkpoint(cfg))["history"]] == [1, 2, 3]
+        assert not list(run_dir.glob(".epoch-*")), "the half-written temporary was not cleaned up"
         run = the_run(client, cfg)
         assert run.info.status == "FINISHED"
         assert_continuous_history(client, run, 3)
-        case["detail"] = "Ray resumed from epoch-00001 into the same MLflow run; 3/3 epochs, steps 1-3 once"
+        case["detail"] = (
+            "Ray resumed from epoch-00001 into the same MLflow run (temporary removed); 3/3 epochs, steps 1-3 once"
+        )
 
 
 # A process that writes epoch 1's checkpoint, then epoch 2's with SIGTERM arriving half way.

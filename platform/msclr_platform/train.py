@@ -35,6 +35,7 @@ import io
 import os
 import re
 import resource
+import shutil
 import signal
 import tempfile
 import time
@@ -185,6 +186,12 @@ def save_checkpoint(target: Path, epoch: int, data: bytes, faults: FaultInjector
         ) from None
 
 
+def discard_partial_checkpoints(run_dir: str) -> None:
+    """Remove the hidden temporaries (`.epoch-*`) a crash mid-write left: never read, only disk."""
+    for leftover in Path(run_dir).glob(".epoch-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def checkpoint_target(run_dir: str, epoch: int):
     """(directory rank 0 writes the checkpoint to, how Ray gets it) for this epoch.
@@ -227,6 +234,29 @@ class ProbeSet:
                               k=self.cfg.eval.knn_k, num_classes=self.train.num_classes)  # fmt: skip
 
 
+def restore(model, optimizer, device) -> tuple[int, list[dict], str | None]:
+    """Load Ray's latest checkpoint, if any: (first epoch to run, history so far, its path)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 1, [], None
+    with checkpoint.as_directory() as d:
+        state = load_state(Path(d) / CKPT_FILE, map_location=device)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["epoch"] + 1, state["history"], checkpoint.path
+
+
+def worker_metric_logger(loop_config: dict, history: list[dict]) -> MetricLogger:
+    # MetricLogger retries in the background; MLflow's own retries would hold a request for minutes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"])
+    logger.log_history(history)  # a killed worker may have died with restored epochs unsent
+    return logger
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -243,14 +273,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     data = {c: torch.from_numpy(a).to(device) for c, a in load_split(cfg, cfg.data.train_part).arrays.items()}
     model = build_model(settings).to(device)
     optimizer = build_optimizer(model, settings)
-    start_epoch, history, last_checkpoint = 1, [], None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_state(Path(d) / CKPT_FILE, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history, last_checkpoint = state["epoch"] + 1, state["history"], checkpoint.path
+    start_epoch, history, last_checkpoint = restore(model, optimizer, device)
     # The queue is not a module buffer, so DDP never re-broadcasts it; parameters of
     # conventions absent from a step get no gradient, hence find_unused_parameters.
     ddp_model = ray.train.torch.prepare_model(
@@ -259,11 +282,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     logger = None
     if rank == 0:
-        # MetricLogger retries in the background; MLflow's own retries would hold a request for minutes.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-        logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"])
-        logger.log_history(history)  # a killed worker may have died with restored epochs unsent
+        discard_partial_checkpoints(run_dir)
+        logger = worker_metric_logger(loop_config, history)
     probe = ProbeSet.load(cfg) if rank == 0 and cfg.eval.probe_every > 0 else None
     autocast = torch.bfloat16 if cfg.precision == "bf16" else None
     epochs = settings.optim.epochs
