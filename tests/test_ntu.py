@@ -56,10 +56,11 @@ def test_read_round_trips_exactly(tmp_path, fmt, newline):
     for (f, body), xyz in truth.items():
         np.testing.assert_array_equal(sk.xyz[f, sk.body_ids.index(body)], xyz.astype(np.float32))
     # the strict fallback parser agrees bit for bit
-    frame_of, ids, xyz, n = ntu._read_strict(str(p), p.read_bytes())
+    strict = ntu._read_strict(str(p), p.read_bytes())
     fast = ntu._read_fast(p.read_bytes())
-    assert fast[0] == frame_of and fast[1] == ids and fast[3] == n
-    np.testing.assert_array_equal(fast[2], xyz)
+    assert fast.frame_of.tolist() == strict.frame_of.tolist() and fast.ids.tolist() == strict.ids.tolist()
+    assert fast.n_frames == strict.n_frames == 12
+    np.testing.assert_array_equal(fast.xyz, strict.xyz)
 
 
 def _lines(path):
@@ -247,3 +248,4 @@ def test_cli_data_ntu_and_bench_read(tmp_path):
     for key in ("files_per_s", "frames_per_s", "files", "frames", "official_files_per_s", "ratio", "peak_rss_mb"):
         assert key in report
     assert report["files"] == 3 and json.loads((tmp_path / "bench.json").read_text()) == report
+

@@ -8,14 +8,9 @@ File format (one value list per line, single spaces):
                 numJoint                                                     (25)
                 25 × "x y z depthX depthY colorX colorY oriW oriX oriY oriZ trackingState"
 
-Reading: `read_skeleton` first tries a vectorised fast path over the raw bytes: the line
-structure comes from newline/space positions (a line's number of values tells its kind), the
-counts and body IDs are decoded as exact int64 (IDs have 17 digits: float64 would merge them),
-and only the xyz substrings are gathered and parsed by np.fromstring (correctly rounded, the
-same float as float(text)). Anything unusual (NaN, tabs, bad counts, truncation, stray characters) falls back to
-a strict line-by-line parser, which either reads the file or raises SkeletonFormatError naming
-the file, the 1-based LINE and the field. Fields other than xyz and the counts are checked for
-count and character set only.
+Reading: `ntu_reader.parse_skeleton` (a vectorised fast path over the raw bytes with a strict
+line parser as fallback, bit-identical results; malformed files raise SkeletonFormatError
+naming the file, the 1-based LINE and the field).
 
 Bodies: each distinct bodyID (in order of first appearance) gets a slot; joints with a
 non-finite coordinate are zeroed (treated as untracked, counted in `nan_joints`). `to_clip`
@@ -29,7 +24,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -38,9 +32,11 @@ import numpy as np
 
 from msclr_core.errors import DataError
 
+from .ntu_reader import (NUM_JOINTS, RawSkeleton, SkeletonFormatError, _read_fast, _read_strict,  # noqa: F401
+                         parse_skeleton)
 from .preprocess import STEPS, preprocess_clip
 
-CONVENTION, NUM_JOINTS, INFO_FIELDS, JOINT_FIELDS = "ntu-rgb+d", 25, 10, 12
+CONVENTION = "ntu-rgb+d"
 NAME_RE = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
 RESOURCES = Path(__file__).with_name("resources")
 
@@ -56,21 +52,6 @@ BENCHMARKS = {
     "ntu120": (32, 120, {"xsub120": lambda m: m["subject"] in NTU120_XSUB_TRAIN,
                          "xset120": lambda m: m["setup"] % 2 == 0}, "ntu120_missing.txt"),
 }
-
-
-class SkeletonFormatError(DataError):
-    """A .skeleton file is malformed; `line` is 1-based."""
-
-    def __init__(self, message, *, path=None, sample=None, line=None, field=None):
-        super().__init__(message, path=path, sample=sample, line=line, field=field)
-        self.detail = message
-
-    def __reduce__(self):  # keep path/line/field when sent back from a worker process
-        return (_rebuild_error, (self.detail, self.path, self.sample, self.line, self.field))
-
-
-def _rebuild_error(detail, path, sample, line, field):
-    return SkeletonFormatError(detail, path=path, sample=sample, line=line, field=field)
 
 
 def parse_sample_name(name: str) -> dict:
@@ -116,165 +97,28 @@ class SkeletonFile:
 
 # ----------------------------------------------------------------------------- reading
 
-class _NotFast(Exception):
-    """The fast path cannot vouch for this file; the strict parser decides."""
-
-
-_ALLOWED = b"0123456789.-+eE \n\r"  # anything else sends the file to the strict parser
-_IPOW10 = 10 ** np.arange(19, dtype=np.int64)
-_BODY_LINES = 2 + NUM_JOINTS  # info line, numJoint line, joint lines
-
-
 def read_skeleton(path) -> SkeletonFile:
-    data = Path(path).read_bytes()
-    try:
-        frame_of, ids, xyz, n_frames = _read_fast(data)
-    except _NotFast:
-        frame_of, ids, xyz, n_frames = _read_strict(str(path), data)
-    return _assemble(str(path), frame_of, ids, xyz, n_frames)
+    return _assemble(str(path), parse_skeleton(str(path), Path(path).read_bytes()))
 
 
-def _gather(a: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
-    """Concatenate the byte ranges [s, e) of `a`."""
-    n = e - s
-    off = np.cumsum(n) - n
-    return a[np.repeat(s - off, n) + np.arange(int(n.sum()))]
-
-
-def _ints(a: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
-    """Exact int64 values of the all-digit byte ranges [s, e) (a trailing CR is ignored)."""
-    e = e - (a[np.maximum(e - 1, 0)] == 13)
-    n = e - s
-    if not len(n):
-        return np.zeros(0, np.int64)
-    if n.min() < 1 or n.max() > 18:
-        raise _NotFast
-    d = _gather(a, s, e).astype(np.int64) - 48
-    if d.min() < 0 or d.max() > 9:
-        raise _NotFast
-    off = np.cumsum(n) - n
-    place = np.repeat(off + n - 1, n) - np.arange(len(d))  # n-1 … 0 within each range
-    return np.add.reduceat(d * _IPOW10[place], off)
-
-
-def _read_fast(data: bytes):
-    """Vectorised reader for well-formed files; raises _NotFast on anything else."""
-    if not data or data.translate(None, _ALLOWED):
-        raise _NotFast  # stray characters (letters, NaN, tabs, non-ASCII)
-    a = np.frombuffer(data, np.uint8)
-    nl = np.flatnonzero(a == 10)
-    starts = np.concatenate(([0], nl + 1))
-    ends = np.concatenate((nl, [len(a)]))
-    if starts[-1] >= len(a):  # final newline: no last line
-        starts, ends = starts[:-1], ends[:-1]
-    n_lines = len(starts)
-    cr = np.flatnonzero(a == 13)
-    if len(cr) and not (np.append(a, 0)[cr + 1] == 10).all():
-        raise _NotFast  # a CR that does not end a line
-    spaces = np.flatnonzero(a == 32)
-    lo = np.searchsorted(spaces, starts)
-    per_line = np.searchsorted(spaces, ends) - lo  # values per line − 1 (single spaces)
-    # Line kinds follow from the number of values: 10 = body info, then numJoint, 25 joint lines.
-    info = np.flatnonzero(per_line == INFO_FIELDS - 1)
-    joints = (info[:, None] + 2 + np.arange(NUM_JOINTS)).ravel()
-    if len(info) and joints[-1] >= n_lines:
-        raise _NotFast  # truncated
-    expected = np.zeros(n_lines, np.int64)
-    expected[joints] = JOINT_FIELDS - 1
-    expected[info] = INFO_FIELDS - 1
-    body = np.zeros(n_lines, bool)
-    body[info], body[info + 1], body[joints] = True, True, True
-    if not np.array_equal(per_line, expected) or body.sum() != len(info) * _BODY_LINES:
-        raise _NotFast
-    if not (_ints(a, starts[info + 1], ends[info + 1]) == NUM_JOINTS).all():
-        raise _NotFast
-    # The other lines are numFrame and one numBody per frame, at the positions their counts imply.
-    frame_lines = np.flatnonzero(~body)
-    counts = _ints(a, starts[frame_lines], ends[frame_lines])
-    if not len(counts) or counts[0] != len(counts) - 1:
-        raise _NotFast
-    n_bodies = counts[1:]
-    at = 1 + np.arange(len(n_bodies)) + _BODY_LINES * (np.cumsum(n_bodies) - n_bodies)
-    if not np.array_equal(frame_lines[1:], at):
-        raise _NotFast
-    frame_of = np.repeat(np.arange(len(n_bodies)), n_bodies)
-    ids = _ints(a, starts[info], spaces[lo[info]]).tolist()
-    # xyz = the first three values of each joint line, each ending at a space
-    xyz_text = _gather(a, starts[joints], spaces[lo[joints] + 2] + 1).tobytes()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a partial parse is caught by the length check below
-        val = np.fromstring(xyz_text, sep=" ") if xyz_text else np.zeros(0)
-    if len(val) != len(joints) * 3:
-        raise _NotFast
-    return frame_of.tolist(), ids, val.reshape(len(info), NUM_JOINTS, 3), int(counts[0])
-
-
-def _read_strict(path: str, data: bytes):
-    """Line-by-line parser: slow, general whitespace, exact diagnostics."""
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError as err:
-        raise SkeletonFormatError("non-ASCII byte", path=path, line=data[:err.start].count(b"\n") + 1) from None
-    lines = text.splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    li = 0
-
-    def take(field, n):
-        nonlocal li
-        if li >= len(lines):
-            raise SkeletonFormatError(f"file ends early, expected {field}", path=path, line=li + 1, field=field)
-        toks = lines[li].split()
-        li += 1
-        if len(toks) != n:
-            raise SkeletonFormatError(f"expected {n} value(s), got {len(toks)}", path=path, line=li, field=field)
-        for t in toks:
-            try:
-                float(t)
-            except ValueError:
-                raise SkeletonFormatError(f"non-numeric token {t!r}", path=path, line=li, field=field) from None
-        return toks
-
-    def count(field):
-        tok = take(field, 1)[0]
-        if not tok.isdigit():
-            raise SkeletonFormatError(f"expected a count >= 0, got {tok!r}", path=path, line=li, field=field)
-        return int(tok)
-
-    n_frames, frame_of, ids, xyz = count("numFrame"), [], [], []
-    for f in range(n_frames):
-        for _ in range(count("numBody")):
-            body_id = take("bodyInfo", INFO_FIELDS)[0]
-            if not body_id.isdigit():
-                raise SkeletonFormatError(f"bodyID must be an integer, got {body_id!r}", path=path, line=li, field="bodyID")
-            nj = count("numJoint")
-            if nj != NUM_JOINTS:
-                raise SkeletonFormatError(f"expected {NUM_JOINTS} joints, got {nj}", path=path, line=li, field="numJoint")
-            xyz.append([[float(v) for v in take("joint", JOINT_FIELDS)[:3]] for _ in range(NUM_JOINTS)])
-            frame_of.append(f)
-            ids.append(int(body_id))
-    if li < len(lines):
-        raise SkeletonFormatError("unexpected data after the last frame", path=path, line=li + 1)
-    return frame_of, ids, np.asarray(xyz, np.float64).reshape(-1, NUM_JOINTS, 3), n_frames
-
-
-def _assemble(path, frame_of, ids, xyz, n_frames) -> SkeletonFile:
+def _assemble(path, raw: RawSkeleton) -> SkeletonFile:
     """Give every (bodyID, repeat-within-frame) a slot; zero non-finite joints."""
     slots: dict[tuple[int, int], int] = {}
     slot_of, seen, last_frame = [], {}, -1
-    for f, body in zip(frame_of, ids):
+    for f, body in zip(raw.frame_of.tolist(), raw.ids.tolist()):
         if f != last_frame:
             seen, last_frame = {}, f
         k = seen[body] = seen.get(body, -1) + 1
         slot_of.append(slots.setdefault((body, k), len(slots)))
-    out = np.zeros((n_frames, len(slots), NUM_JOINTS, 3), np.float32)
-    present = np.zeros((n_frames, len(slots)), bool)
-    xyz = np.asarray(xyz, np.float32).reshape(-1, NUM_JOINTS, 3)
+    out = np.zeros((raw.n_frames, len(slots), NUM_JOINTS, 3), np.float32)
+    present = np.zeros((raw.n_frames, len(slots)), bool)
+    with np.errstate(over="ignore"):  # beyond float32: inf, zeroed below like NaN
+        xyz = raw.xyz.astype(np.float32)
     bad = ~np.isfinite(xyz).all(axis=-1)
     xyz[bad] = 0.0
-    rows, cols = np.asarray(frame_of, np.int64), np.asarray(slot_of, np.int64)
-    out[rows, cols] = xyz
-    present[rows, cols] = True
+    slot_of = np.asarray(slot_of, np.int64)
+    out[raw.frame_of, slot_of] = xyz
+    present[raw.frame_of, slot_of] = True
     return SkeletonFile(path, out, present, [b for b, _ in slots], int(bad.sum()))
 
 

@@ -56,7 +56,7 @@ def main(args) -> int:
         "cores": 1,
     }
     if args.strict:
-        s_sec, _, _ = _time_reader(lambda f: ntu._read_strict(str(f), f.read_bytes())[3], files)
+        s_sec, _, _ = _time_reader(lambda f: ntu._read_strict(str(f), f.read_bytes()).n_frames, files)
         report["strict_files_per_s"] = round(len(files) / s_sec, 1)
         report["ratio_vs_strict_in_run"] = round(s_sec / seconds, 2)
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
