@@ -22,6 +22,7 @@ differs from the official gendata, which keeps the first two bodies of each fram
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 from dataclasses import dataclass
@@ -197,6 +198,7 @@ def build_ntu_dataset(skeleton_dir, out_dir, *, benchmark: str = "ntu60", steps=
                     names.append(files[k].stem)
                     kept_meta.append(metas[k])
                     empty += is_empty
+                _release_written(writer)
             splits = {}
             for proto, is_train in protocols.items():
                 train = [i for i, m in enumerate(kept_meta) if is_train(m)]
@@ -210,6 +212,16 @@ def build_ntu_dataset(skeleton_dir, out_dir, *, benchmark: str = "ntu60", steps=
         if pool:
             pool.terminate()
     return BuildReport(ds, bad, n_missing, empty)
+
+
+def _release_written(writer) -> None:
+    """Flush the rows written so far and drop their pages from this process: dirty pages of
+    the output memmap count as resident memory, so without this the peak RSS of a build
+    grows by one row (30 KB for frame-50 NTU) per sample. The data stays in the file."""
+    for array in writer.arrays.values():
+        array.flush()
+        if hasattr(array.base, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            array.base.madvise(mmap.MADV_DONTNEED)
 
 
 def cpu_count() -> int:

@@ -24,6 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON document")
 
 
+def _peak_rss_mb() -> dict:
+    """Peak resident memory of this process and of the largest worker process (MB, Linux)."""
+    import resource
+
+    mb = lambda who: round(resource.getrusage(who).ru_maxrss / 1024, 1)  # noqa: E731
+    return {"peak_rss_mb": mb(resource.RUSAGE_SELF), "workers_peak_rss_mb": mb(resource.RUSAGE_CHILDREN)}
+
+
 def main(args) -> int:
     from msclr_core.data.ntu import build_ntu_dataset, cpu_count
     from msclr_core.data.preprocess import STEPS
@@ -44,11 +52,13 @@ def main(args) -> int:
         "skipped_missing": rep.skipped_missing, "empty_clips": rep.empty,
         "bad": [{"file": f, "error": e} for f, e in rep.bad],
         "seconds": round(seconds, 3), "files_per_s": round((len(ds) + len(rep.bad)) / max(seconds, 1e-9), 1),
+        **_peak_rss_mb(),
     }
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"wrote {summary['samples']} samples {summary['shape']} to {summary['out']} in {seconds:.1f} s")
+        print(f"wrote {summary['samples']} samples {summary['shape']} to {summary['out']} in {seconds:.1f} s "
+              f"(peak RSS {summary['peak_rss_mb']} MB, workers {summary['workers_peak_rss_mb']} MB)")
         for proto, parts in summary["splits"].items():
             print(f"  {proto}: " + ", ".join(f"{p} {n}" for p, n in parts.items()))
         print(f"  skipped {rep.skipped_missing} on the missing-skeleton list, {rep.empty} clip(s) without any body")
