@@ -158,8 +158,10 @@ def scheduler(spec: SweepSpec, epochs: int):
 
     if spec.scheduler.type == "fifo":
         return FIFOScheduler()
+    # +1: ASHA stops a trial the moment it reports max_t, which at max_t = epochs would kill
+    # the trial driver during its final evaluation (reported after the last epoch).
     return ASHAScheduler(
-        time_attr="epoch", max_t=spec.scheduler.max_t or epochs,
+        time_attr="epoch", max_t=(spec.scheduler.max_t or epochs) + 1,
         grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
     )  # fmt: skip
 
@@ -244,7 +246,7 @@ def run_sweep(path: str | Path, resume: bool = False, overrides: list[str] | Non
         )  # fmt: skip
     results = tuner.fit()
     table = results_table(results, spec, base.optim.epochs)
-    unfinished = len(results) - results.num_terminated - results.num_errors
+    unfinished = unfinished_trials(exp_path, trainable, expected_trials(spec))
     if unfinished:  # Ctrl-C (Tune saved its state and returned) or the time budget ran out
         print(f"sweep {spec.name!r}: {unfinished} trial(s) did not finish; continue with "
               f"`msclr sweep {sweep.path} --resume`", flush=True)  # fmt: skip
@@ -254,6 +256,28 @@ def run_sweep(path: str | Path, resume: bool = False, overrides: list[str] | Non
         client.set_terminated(parent_id, "FINISHED")
     del ray
     return {"parent_run_id": parent_id, "mlflow_uri": uri, "table": table, "best_trial": best, "unfinished": unfinished}
+
+
+def expected_trials(spec: SweepSpec) -> int:
+    """How many trials the search space makes: num_samples x the product of the grid sizes."""
+    n = spec.num_samples
+    for dist in spec.search.values():
+        if "grid" in dist:
+            n *= len(dist["grid"])
+    return n
+
+
+def unfinished_trials(exp_path: str, trainable, expected: int) -> int:
+    """Trials that still have work to do, read from Tune's saved experiment state.
+
+    After Ctrl-C, fit() returns with the running trials marked TERMINATED in memory, but
+    the state it saved just before (what --resume restores) has them RUNNING, and trials
+    the searcher had not created yet are in no list at all: count both.
+    """
+    from ray import tune
+
+    saved = tune.Tuner.restore(exp_path, trainable=trainable).get_results()
+    return max(expected, len(saved)) - saved.num_terminated - saved.num_errors
 
 
 def check_trial_fits(spec: SweepSpec, base: ExperimentConfig) -> None:
