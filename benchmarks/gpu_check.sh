@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# GPU check: the CUDA tests, then `msclr bench step` (paper-size model) at fp32/bf16 x batch
+# 128/1024, one torch.compile run and a GPU linear-eval bench; prints a table.
+#
+# Needs only python3 with torch + numpy + pyyaml (+ pytest for the tests): no network, no ray,
+# no mlflow, no install (the repo is put on PYTHONPATH). About 5 minutes on an H100/H200.
+#
+#   bash benchmarks/gpu_check.sh            # results in $OUT if set, else benchmarks/out/
+#   SECONDS_PER_BENCH=20 GPU_CHECK_COMPILE=0 bash benchmarks/gpu_check.sh
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+RESULTS=${OUT:-benchmarks/out}
+SECS=${SECONDS_PER_BENCH:-15}
+mkdir -p "$RESULTS"
+export PYTHONPATH="$PWD:$PWD/platform${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+status=0
+
+echo "== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "(no nvidia-smi)"
+$PY -c 'import torch; assert torch.cuda.is_available(), "CUDA not available"; print("torch", torch.__version__, torch.cuda.get_device_name())' || exit 1
+echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+
+echo "== CUDA tests (tests/test_bench.py -k cuda)"
+if $PY -c 'import pytest' 2>/dev/null; then
+    timeout 240 $PY -m pytest tests/test_bench.py -k cuda -q -p no:cacheprovider -rs 2>&1 | tee "$RESULTS/pytest.log" || status=1
+else
+    echo "pytest is not installed: CUDA tests skipped" | tee "$RESULTS/pytest.log"; status=1
+fi
+
+bench() {  # bench NAME LIMIT_S ARGS...: one bench, its JSON to $RESULTS/NAME.json
+    local name=$1 limit=$2; shift 2
+    echo "== $name: msclr bench $*"
+    timeout "$limit" $PY -m msclr_platform.cli bench "$@" --out "$RESULTS/$name.json" || { echo "FAILED: $name"; status=1; }
+}
+
+for dtype in fp32 bf16; do
+    for batch in 128 1024; do
+        bench "step_${dtype}_b${batch}" 120 step --device cuda --dtype "$dtype" --batch-size "$batch" --seconds "$SECS"
+    done
+done
+if [ "${GPU_CHECK_COMPILE:-1}" = 1 ]; then  # compile time (a minute or two) is in the warm-up, not the timing
+    bench step_bf16_b1024_compile 240 step --device cuda --dtype bf16 --batch-size 1024 --seconds "$SECS" --compile
+fi
+bench linear_eval 120 linear-eval --device cuda --clips 2000 --epochs 100
+
+echo "== results"
+$PY - "$RESULTS" <<'EOF' | tee "$RESULTS/summary.md"
+import json, sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+rows = ["| bench | dtype | batch | compile | samples/s | x official 1,137 | steps | peak GPU GB | device |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+for f in sorted(out.glob("step_*.json")):
+    r = json.loads(f.read_text())
+    rows.append(f"| {f.stem} | {r['dtype']} | {r['batch_size']} | {r['compile']} | {r['samples_per_s']:,.0f} | "
+                f"{r['ratio']:.2f} | {r['steps']} | {r.get('peak_gpu_memory_gb', '')} | {r['device_name']} |")
+print("\n".join(rows))
+le = out / "linear_eval.json"
+if le.exists():
+    r = json.loads(le.read_text())
+    print(f"\nlinear-eval ({r['train_clips']} train clips, {r['epochs']} epochs, {r['device_name']}): cached "
+          f"{r['cached_s']} s, re-encoding {r['recompute_s']} s, speedup {r['speedup']}x; top-1 "
+          f"{r['top1_cached']:.4f} vs {r['top1_recompute']:.4f}")
+EOF
+echo "results in $RESULTS (exit status $status)"
+exit $status
