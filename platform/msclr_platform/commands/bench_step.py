@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 
 from . import emit_report
+from .bench_augment import _keep_freed_memory as keep_freed_memory
 
 OFFICIAL_SAMPLES_PER_S = 1137.0  # official AimCLR pretraining loop end to end, fp32, batch 128, H200
 T, M, C = 50, 2, 3  # frames, persons, coordinates of NTU clips
@@ -43,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the query and key encoders")
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="keep glibc's default heap trimming (see `msclr bench augment`; Ray workers tune it too)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--out", help="also write the JSON to this file (atomically)")
@@ -165,6 +168,9 @@ def main(args) -> int:
     if args.batch_size < 1 or args.seconds < 0 or args.steps < 0 or args.threads < 0 or args.warmup_steps < 1:
         raise ConfigError("--batch-size and --warmup-steps must be >= 1; --seconds, --steps, --threads >= 0")
     device = resolve_device(args.device)
+    # As a training worker does (GLIBC_TUNABLES in train.init_ray): freed activations stay in
+    # the heap instead of being returned to the kernel and faulted in again every step.
+    malloc_tuned = False if args.no_malloc_tuning else keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
@@ -221,6 +227,7 @@ def main(args) -> int:
         "seconds": round(elapsed, 4),
         "warmup_loss": round(warm_stats["loss"], 4),
         "threads": torch.get_num_threads(),
+        "malloc_tuned": malloc_tuned,
         "torch": torch.__version__,
         "official_samples_per_s": OFFICIAL_SAMPLES_PER_S,
         "ratio": round(samples_per_s / OFFICIAL_SAMPLES_PER_S, 3),
