@@ -130,7 +130,7 @@ def test_hostile_skeleton(tmp_path, data):
 ONE_BODY = skeleton_text(np.random.default_rng(0), frames=1, bodies=1)[0].encode()
 
 
-@settings(max_examples=2000, **SETTINGS)
+@settings(max_examples=1500, **SETTINGS)
 @given(token=numberish, field=st.integers(0, 11), joint=st.integers(0, 24))
 def test_hostile_skeleton_token_syntax(tmp_path, token, field, joint):
     """One value of a valid file becomes a near-float: the fast path accepts the file exactly
@@ -222,7 +222,7 @@ def cmu_arrays(real_mocap_dir):
 NPZ_EDITS = ["nan_pos", "huge_pos", "inf_pos", "bad_start", "bad_length", "short_labels", "drop_key", "pos_shape"]
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=60, **SETTINGS)
 @given(edit=st.sampled_from(NPZ_EDITS), k=st.integers(0, 10**6), value=st.sampled_from([-1, 0, 10**6, -10**6]))
 def test_hostile_real_mocap_npz(tmp_path, cmu_arrays, edit, k, value):
     count_hostile("real-mocap npz")

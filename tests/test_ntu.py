@@ -246,7 +246,8 @@ def test_cli_data_ntu_and_bench_read(tmp_path):
     bench = _cli("bench", "read", d, "--limit", 3, "--json", "--out", tmp_path / "bench.json")
     assert bench.returncode == 0, bench.stderr
     report = json.loads(bench.stdout)
-    for key in ("files_per_s", "frames_per_s", "files", "frames", "official_files_per_s", "ratio", "peak_rss_mb"):
+    for key in ("files_per_s", "frames_per_s", "files", "frames", "official_files_per_s", "ratio", "peak_rss_mb",
+                "cpu_files_per_s", "load_avg_1m"):
         assert key in report
     assert report["files"] == 3 and json.loads((tmp_path / "bench.json").read_text()) == report
 

@@ -102,25 +102,37 @@ def read_skeleton(path) -> SkeletonFile:
     return _assemble(str(path), parse_skeleton(str(path), Path(path).read_bytes()))
 
 
-def _assemble(path, raw: RawSkeleton) -> SkeletonFile:
-    """Give every (bodyID, repeat-within-frame) a slot; zero non-finite joints."""
+def _slots(frame_of: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Slot of every body record and each slot's bodyID: one slot per (bodyID, repeat within
+    its frame), numbered by first appearance."""
+    uniq, first, slot = np.unique(ids, return_index=True, return_inverse=True)
+    if len(np.unique(frame_of * len(uniq) + slot)) == len(ids):  # no bodyID twice in a frame: one slot per ID
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        return rank[slot.reshape(-1)], uniq[order].tolist()
     slots: dict[tuple[int, int], int] = {}
     slot_of, seen, last_frame = [], {}, -1
-    for f, body in zip(raw.frame_of.tolist(), raw.ids.tolist()):
+    for f, body in zip(frame_of.tolist(), ids.tolist()):
         if f != last_frame:
             seen, last_frame = {}, f
         k = seen[body] = seen.get(body, -1) + 1
         slot_of.append(slots.setdefault((body, k), len(slots)))
-    out = np.zeros((raw.n_frames, len(slots), NUM_JOINTS, 3), np.float32)
-    present = np.zeros((raw.n_frames, len(slots)), bool)
+    return np.asarray(slot_of, np.int64), [b for b, _ in slots]
+
+
+def _assemble(path, raw: RawSkeleton) -> SkeletonFile:
+    """Put every body record in its slot; zero non-finite joints."""
+    slot_of, body_ids = _slots(raw.frame_of, raw.ids)
+    out = np.zeros((raw.n_frames, len(body_ids), NUM_JOINTS, 3), np.float32)
+    present = np.zeros((raw.n_frames, len(body_ids)), bool)
     with np.errstate(over="ignore"):  # beyond float32: inf, zeroed below like NaN
         xyz = raw.xyz.astype(np.float32)
     bad = ~np.isfinite(xyz).all(axis=-1)
     xyz[bad] = 0.0
-    slot_of = np.asarray(slot_of, np.int64)
     out[raw.frame_of, slot_of] = xyz
     present[raw.frame_of, slot_of] = True
-    return SkeletonFile(path, out, present, [b for b, _ in slots], int(bad.sum()))
+    return SkeletonFile(path, out, present, body_ids, int(bad.sum()))
 
 
 # ----------------------------------------------------------------------------- dataset build

@@ -41,14 +41,17 @@ _IPOW10 = 10 ** np.arange(19, dtype=np.int64)
 _FPOW10 = 10.0 ** np.arange(23)  # exact doubles (10^22 is the largest exact power)
 _MAX_TOKEN = 22  # longer xyz tokens go to the strict parser
 _ZERO = np.zeros(1, np.int64)
+_SIGN = np.array([1.0, -1.0])
 
-# Byte classes for the fast path: digits are 0 so np.flatnonzero finds everything else.
+# Byte classes for the fast path: digits are 0 so np.flatnonzero finds everything else. The
+# table also reads bytes with bit 7 set (the byte before is a non-digit too): class | 64.
 SP, LF, CR, DOT, EXP, SGN, BAD = range(1, 8)
+_ADJ = 64
 _CLASS = bytearray([BAD]) * 256
 for _chars, _code in ((b"0123456789", 0), (b" ", SP), (b"\n", LF), (b"\r", CR), (b".", DOT), (b"eE", EXP),
                       (b"+-", SGN)):
     for _c in _chars:
-        _CLASS[_c] = _code
+        _CLASS[_c], _CLASS[_c | 128] = _code, _code | _ADJ
 _CLASS = bytes(_CLASS)
 
 
@@ -69,7 +72,7 @@ def _pair_table() -> np.ndarray:
     return ok
 
 
-_PAIR_OK = _pair_table()
+_PAIR_OK = bytes(_pair_table().astype(np.uint8)) + bytes(128)  # a 256-byte translate table
 
 
 @dataclass
@@ -150,34 +153,39 @@ def _non_digits(data: bytes, w: _Work) -> tuple[np.ndarray, np.ndarray, int]:
 
     Digits never break the syntax of these tokens, so the rules only look at each non-digit
     byte and the next one (are they adjacent, or do digits lie between?)."""
-    if not data or data.endswith(b"\r") or len(data) >= 2**31:
-        raise _NotFast
+    if not data or data.endswith(b"\r") or len(data) >= 2**31 or not data.isascii():
+        raise _NotFast  # (non-ASCII: bit 7 carries the adjacency flag below)
     size = len(data) - (2 if data.endswith(b"\r\n") else 1 if data.endswith(b"\n") else 0)
     if size < 1:
         raise _NotFast
     a = np.frombuffer(data, np.uint8, count=size)
-    non_digit = np.subtract(a, 48, out=w("non_digit", size))
-    pos = w.select("pos", np.greater_equal(non_digit, 10, out=w("is_non_digit", size, bool)))
+    is_non_digit = np.greater_equal(np.subtract(a, 48, out=w("digit", size)), 10, out=w("is_non_digit", size, bool))
+    pos = w.select("pos", is_non_digit)
     if not len(pos):
         raise _NotFast  # one number, no newline: not a file of frames
+    # Each byte with bit 7 set when the byte before is a non-digit (a newline before the text):
+    # one gather then gives the class of every non-digit and whether it follows the previous one.
+    flagged = w("flagged", size)
+    flagged[0] = a[0] | 128
+    np.multiply(is_non_digit.view(np.uint8)[:-1], 128, out=flagged[1:])
+    flagged[1:] |= a[1:]
     n = len(pos) + 2  # the non-digits between a newline before and one after the text
-    kind = w("kind", n)
-    kind[0], kind[-1] = LF, LF
-    kind[1:-1] = np.frombuffer(np.take(a, pos, out=w("raw", n - 2)).tobytes().translate(_CLASS), np.uint8)
-    if BAD in kind:
-        raise _NotFast  # letters, NaN, tabs, non-ASCII: the strict parser decides
-    step = w("step", n - 1, np.int64)
-    step[0], step[-1] = pos[0] + 1, size - pos[-1]
-    np.subtract(pos[1:], pos[:-1], out=step[1:-1])
-    adjacent = np.equal(step, 1, out=w("adjacent", n - 1, bool))  # no digit between k and k+1
-    pair = np.left_shift(kind[:-1], 3, out=w("pair", n - 1))
-    pair |= kind[1:]
-    pair += np.multiply(adjacent.view(np.uint8), 64, out=w("pair_adjacent", n - 1))  # class, next class, 64 if adjacent
-    if not np.take(_PAIR_OK, pair, out=w("ok", n - 1, bool)).all():
+    raw = w("raw", n)
+    raw[0], raw[-1] = 10, 10 | 128 * bool(is_non_digit[-1])
+    np.take(flagged, pos, out=raw[1:-1])
+    classes = raw.tobytes().translate(_CLASS)
+    if BAD in classes or BAD | _ADJ in classes:
+        raise _NotFast  # letters, NaN, tabs: the strict parser decides
+    code = np.frombuffer(classes, np.uint8)  # class | 64 if adjacent to the previous non-digit
+    kind = np.bitwise_and(code, 7, out=w("kind", n))
+    adjacent = np.greater_equal(code, _ADJ, out=w("adjacent", n, bool))
+    pair = np.multiply(kind[:-1], 8, out=w("pair", n - 1))  # (uint8 shifts are not vectorised)
+    pair |= code[1:]  # class, next class, 64 if adjacent
+    if 0 in pair.tobytes().translate(_PAIR_OK):  # (bytes.translate: a faster table lookup than np.take)
         raise _NotFast
     bad = np.equal(kind[1:-1], DOT, out=w("bad", n - 2, bool))
-    bad &= adjacent[:-1]
-    bad &= adjacent[1:]
+    bad &= adjacent[1:-1]
+    bad &= adjacent[2:]
     if bad.any():
         raise _NotFast  # a point with no digit beside it
     np.equal(pair[:-1], EXP << 3 | SGN | 64, out=bad)
@@ -234,7 +242,7 @@ def _floats(a: np.ndarray, s: np.ndarray, e: np.ndarray, has_exp: bool, w: _Work
     scale = _FPOW10[frac]
     int_part = np.floor(big / np.where(has_point, scale * 10.0, np.inf))  # 0 without a point
     val = (big - 9.0 * int_part * scale) / np.where(has_point, scale, 1.0)
-    np.negative(val, out=val, where=a[s] == 45)
+    val *= _SIGN[(a[s] == 45).view(np.uint8)]  # -1.0 for a leading minus
     slow = big > 2.0 ** 52
     if has_exp:
         slow |= (np.equal(chars | 32, 101, out=point) & inside).any(axis=0)
@@ -249,16 +257,15 @@ def _read_fast(data: bytes) -> RawSkeleton:
     pos, kind, size = _non_digits(data, w)
     a = np.frombuffer(data, np.uint8)
     # Lines from the newlines among the non-digits; a line's values = its spaces + 1.
-    lf = w.select("lf", np.equal(kind, LF, out=w("is_lf", len(kind), bool)))  # (indices into kind)
     is_space = np.equal(kind, SP, out=w("is_space", len(kind), bool))
     spaces = w.select("spaces", is_space, pos)
-    space_count = np.cumsum(is_space, dtype=np.int64, out=w("space_count", len(kind), np.int64))
-    lo = np.concatenate((_ZERO, space_count[lf]))  # index in `spaces` of each line's first space
-    per_line = np.diff(lo, append=len(spaces))  # values per line − 1 (single spaces)
+    lf = np.flatnonzero(np.equal(kind, LF, out=is_space))  # (few: one index into kind per line)
     nl = pos[lf]
     starts = np.concatenate((_ZERO, nl + 1))
     ends = np.concatenate((nl - (kind[lf - 1] == CR), [size]))  # a CR ends the line's last value
     n_lines = len(starts)
+    lo = np.searchsorted(spaces, starts)  # index in `spaces` of each line's first space
+    per_line = np.diff(lo, append=len(spaces))  # values per line − 1 (single spaces)
     # Line kinds follow from the number of values: 10 = body info, then numJoint, 25 joint lines.
     info = np.flatnonzero(per_line == INFO_FIELDS - 1)
     joints = (info[:, None] + 2 + np.arange(NUM_JOINTS)).ravel()
@@ -271,7 +278,9 @@ def _read_fast(data: bytes) -> RawSkeleton:
     body[info], body[info + 1], body[joints] = True, True, True
     if not np.array_equal(per_line, expected) or body.sum() != len(info) * _BODY_LINES:
         raise _NotFast
-    if not (_ints(a, starts[info + 1], ends[info + 1]) == NUM_JOINTS).all():
+    joint_count = starts[info + 1]  # "25" exactly (other spellings, e.g. "025": strict parser)
+    if not ((ends[info + 1] - joint_count == 2).all() and (a[joint_count] == 50).all()
+            and (a[joint_count + 1] == 53).all()):
         raise _NotFast
     # The other lines are numFrame and one numBody per frame, at the positions their counts imply.
     frame_lines = np.flatnonzero(~body)
