@@ -41,7 +41,7 @@ def test_smoke_sweep_asha_interrupt_resume(tmp_path, mlflow_server, msclr_home):
 
     log1 = open(tmp_path / "sweep1.log", "w")
     proc = subprocess.Popen(args, env=env, stdout=log1, stderr=subprocess.STDOUT, cwd=tmp_path)
-    deadline, parent = time.monotonic() + 900, None
+    deadline, parent = time.monotonic() + 1500, None
     while time.monotonic() < deadline and proc.poll() is None:
         exp = client.get_experiment_by_name("msclr-sweeps")
         runs = client.search_runs([exp.experiment_id], "tags.`msclr.kind` = 'sweep'") if exp else []
