@@ -97,3 +97,78 @@ def test_ntu60_configs_match_the_paper():
     assert (cfg.eval.linear_epochs, cfg.eval.linear_lr, cfg.eval.linear_milestones) == (100, 3.0, [80])
     streams = {load_config(p).stream for p in (REPO / "experiments/ntu60").glob("*.yaml")}
     assert streams == {"joint", "motion", "bone"}
+
+
+# ---------------------------------------------------------------- paths and hostile YAML (issue 7)
+
+
+def test_set_paths_resolve_against_the_current_directory(tmp_path, monkeypatch):
+    """`msclr pretrain experiments/x.yaml --set data.path=data/ntu60` means ./data/ntu60."""
+    conf = tmp_path / "experiments" / "ntu60"
+    conf.mkdir(parents=True)
+    p = write(conf, "name: t\ndata: {path: ../../data/default}\nray: {storage_path: runs}\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    cfg = load_config(p, ["data.path=data/ntu60", "ray.storage_path=out"])
+    assert cfg.data.path == str(work / "data/ntu60") and cfg.ray.storage_path == str(work / "out")
+    assert load_config(p).data.path == str(tmp_path / "data/default")  # file paths: beside the file
+
+
+def test_uris_and_sqlite_paths(tmp_path):
+    p = write(tmp_path, "name: t\ndata: {path: x}\nray: {storage_path: 'runs/a://b'}\n"
+                        "tracking: {tracking_uri: 'sqlite:///mlflow.db'}\n")
+    cfg = load_config(p)
+    assert cfg.ray.storage_path == str(tmp_path / "runs/a:/b")  # not a URI scheme: a path beside the file
+    assert cfg.tracking.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"  # not each worker's cwd
+    cfg = load_config(p, ["ray.storage_path=s3://bucket/runs", "tracking.tracking_uri=sqlite:////abs/m.db"])
+    assert cfg.ray.storage_path == "s3://bucket/runs" and cfg.tracking.tracking_uri == "sqlite:////abs/m.db"
+
+
+@pytest.mark.parametrize("body, key", [
+    ("name: ../../elsewhere", "name"),
+    ("name: a/b", "name"),
+    ('data: {path: "a\\0b"}', "data.path"),
+    ("optim: {lr: .nan}", "optim.lr"),
+    ("optim: {lr: 1.0e+999}", "optim.lr"),
+    ("augment: {flip_p: 2}", "augment.flip_p"),
+    ("1: x", "1"),
+])
+def test_bad_values_name_file_and_key(tmp_path, body, key):
+    p = write(tmp_path, f"name: t\ndata: {{path: x}}\n{body}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(p) in str(e.value) and key in str(e.value)
+
+
+@pytest.mark.parametrize("text, where", [
+    ("- a\n- b\n", "top level"),
+    ("name: " + "[" * 1200 + "\n", "top level"),
+    ("name: " + "1" * 5000 + "\n", "line 1"),
+    ("name: t\nx: \x01\n", "line 2"),
+    ("name: [&a [x, x, x, x, x, x, x, x, x], " + ", ".join(f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in
+                                                           zip("abcde", "bcdef")) + "]\ndata: {path: x}\n", "'name'"),
+])
+def test_hostile_yaml_is_a_config_error(tmp_path, text, where):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:  # the alias bomb's 9**6 leaves are never printed
+        load_config(p)
+    assert str(p) in str(e.value) and where in str(e.value) and len(str(e.value)) < 2000
+
+
+def test_non_utf8_config(tmp_path):
+    p = tmp_path / "latin.yaml"
+    p.write_bytes(b"name: t\ndata: {path: caf\xe9}\n")
+    with pytest.raises(ConfigError, match="not UTF-8") as e:
+        load_config(p)
+    assert str(p) in str(e.value)
+
+
+def test_set_overrides_that_do_not_fit(tmp_path):
+    p = write(tmp_path, "name: t\ndata: {path: x}\n")
+    with pytest.raises(ConfigError, match="already set"):
+        parse_overrides(["optim=1", "optim.lr=2"])
+    with pytest.raises(ConfigError, match="empty part"):
+        parse_overrides(["optim..lr=2"])
+    with pytest.raises(ConfigError, match="--set optim.lr: invalid YAML"):
+        load_config(p, ["optim.lr=[1"])

@@ -1,6 +1,7 @@
 """The dataset directory format: write/load round trip, validation errors, atomic writes, check."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -130,3 +131,100 @@ def test_data_check_cli(tmp_path):
     _edit_manifest(ds.root, lambda m: m["samples"]["label"].__setitem__(0, 9))
     out = subprocess.run(run, capture_output=True, text=True)
     assert out.returncode == 1 and json.loads(out.stdout)["problems"]
+
+
+# ---------------------------------------------------------------- array paths (issue 7)
+# Rule: a relative path must resolve (symlinks included) inside the dataset directory; an
+# absolute path is used as is, but only with "allow_absolute_paths": true in the manifest.
+
+
+def test_relative_paths_inside_the_dataset_are_fine(tmp_path):
+    ds, arrays = _small(tmp_path)
+    (ds.root / "arrays").mkdir()
+    (ds.root / f"{CONV}.npy").rename(ds.root / "arrays" / "joints.npy")
+    (ds.root / "smpl_24.npy").rename(ds.root / "arrays" / "body.npy")
+    (ds.root / "smpl_24.npy").symlink_to(ds.root / "arrays" / "body.npy")  # a link that stays inside
+    _edit_manifest(ds.root, lambda m: m["conventions"][CONV].update(file="arrays/joints.npy"))
+    again = load_dataset(ds.root)
+    np.testing.assert_array_equal(again.load(CONV), arrays[CONV])
+    np.testing.assert_array_equal(again.load("smpl_24", unit=None), arrays["smpl_24"])
+    assert check_dataset(ds.root)["ok"]
+
+
+@pytest.mark.parametrize("escape", ["dotdot", "symlink", "absolute", "symlinked_dir"])
+def test_array_paths_cannot_escape_the_dataset(tmp_path, escape):
+    ds, _ = _small(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (ds.root / f"{CONV}.npy").rename(outside / "x.npy")
+    if escape == "dotdot":
+        _edit_manifest(ds.root, lambda m: m["conventions"][CONV].update(file="../elsewhere/x.npy"))
+    elif escape == "symlink":
+        (ds.root / f"{CONV}.npy").symlink_to(outside / "x.npy")
+    elif escape == "absolute":
+        _edit_manifest(ds.root, lambda m: m["conventions"][CONV].update(file=str(outside / "x.npy")))
+    else:
+        (ds.root / "sub").symlink_to(outside)
+        _edit_manifest(ds.root, lambda m: m["conventions"][CONV].update(file="sub/x.npy"))
+    with pytest.raises(DataError) as info:
+        load_dataset(ds.root)
+    assert info.value.field == f"conventions.{CONV}.file" and str(ds.root / "manifest.json") in str(info.value)
+    assert ("absolute path" if escape == "absolute" else "outside the dataset directory") in str(info.value)
+    assert not check_dataset(ds.root)["ok"]
+
+
+def test_absolute_paths_need_the_explicit_opt_in(tmp_path):
+    ds, arrays = _small(tmp_path)
+    shared = tmp_path / "shared.npy"
+    (ds.root / f"{CONV}.npy").rename(shared)
+    _edit_manifest(ds.root, lambda m: (m["conventions"][CONV].update(file=str(shared)),
+                                       m.update(allow_absolute_paths=True)))
+    np.testing.assert_array_equal(load_dataset(ds.root).load(CONV), arrays[CONV])
+    _edit_manifest(ds.root, lambda m: m.update(allow_absolute_paths="yes"))  # only a real boolean counts
+    with pytest.raises(DataError, match="allow_absolute_paths"):
+        load_dataset(ds.root)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "npz", "pickle", "header", "strings"])
+def test_damaged_array_files_name_file_and_field(tmp_path, damage):
+    import io
+    import pickle
+
+    ds, arrays = _small(tmp_path)
+    path = ds.root / f"{CONV}.npy"
+    buf = io.BytesIO()
+    if damage == "truncated":  # an interrupted copy: the header promises more data than there is
+        path.write_bytes(path.read_bytes()[:-100])
+    elif damage == "npz":
+        np.savez(buf, x=arrays[CONV])
+        path.write_bytes(buf.getvalue())
+    elif damage == "pickle":
+        path.write_bytes(pickle.dumps(arrays[CONV]))
+    elif damage == "header":
+        path.write_bytes(path.read_bytes().replace(b"'descr'", b"'descr((", 1))
+    else:
+        np.save(path, np.full(arrays[CONV].shape, "x"))
+    with pytest.raises(DataError) as info:
+        load_dataset(ds.root)
+    assert info.value.field == f"conventions.{CONV}.file" and str(path) in str(info.value)
+    assert any(f"{CONV}.npy" in p for p in check_dataset(ds.root)["problems"])
+
+
+def test_huge_numbers_in_the_manifest_are_data_errors(tmp_path):
+    ds, _ = _small(tmp_path)
+    _edit_manifest(ds.root, lambda m: m["samples"]["label"].__setitem__(1, 2**80))
+    with pytest.raises(DataError, match="outside") as info:
+        load_dataset(ds.root)
+    assert info.value.field == "samples.label" and info.value.sample == "s1"
+    text = (ds.root / "manifest.json").read_text()
+    (ds.root / "manifest.json").write_text(re.sub(r'"version":\s*1', '"version": ' + "9" * 5000, text))
+    with pytest.raises(DataError) as info:
+        load_dataset(ds.root)
+    assert info.value.line == 1
+
+
+def test_writer_refuses_an_existing_directory(tmp_path):
+    ds, _ = _small(tmp_path)
+    with pytest.raises(DataError, match="already exists") as info:
+        DatasetWriter(ds.root, capacity=1, shapes={CONV: (3, 8, 25, 2)})
+    assert str(ds.root) in str(info.value)

@@ -198,3 +198,69 @@ def test_cli_import_export(tmp_path, capsys):
     assert "source is required" in capsys.readouterr().err
     assert main(["data", "import", "pyskl", str(tmp_path / "absent.pkl"), "--out", str(tmp_path / "q")]) == 2
     assert "absent.pkl" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- hostile inputs (issue 7)
+
+
+@pytest.mark.parametrize("names, labels, classes, match", [
+    (NAMES["val"], [0, 2**70], None,
+     r"val_label\.pkl, sample 1 \(S002C001P003R001A002\), field 'labels'.*\[0, 100000\)"),
+    (NAMES["val"], [0, 3], ["a", "b", "c"], r"sample 1 .*field 'labels'.*\[0, 3\)"),
+    (NAMES["val"], [0, True], None, r"sample 1 .*label must be an int"),
+    ([NAMES["val"][0], ".skeleton"], [0, 1], None, r"sample 1, field 'labels'.*expected a sample name"),
+    ([NAMES["train"][0], NAMES["val"][0]], [0, 1], None, r"val_label\.pkl, sample S001C001P001R001A001.*duplicate"),
+])
+def test_bad_label_pickles_name_file_sample_and_field(tmp_path, names, labels, classes, match):
+    data, label_files, _ = _skeletonclr_files(tmp_path)
+    label_files["val"].write_bytes(pickle.dumps((names, labels), protocol=2))
+    with pytest.raises(DataError, match=match):
+        import_skeletonclr(data, label_files, tmp_path / "ds", classes=classes)
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("damage", ["nan", "overflow", "strings", "truncated"])
+def test_bad_skeletonclr_arrays_leave_nothing(tmp_path, damage):
+    data, labels, arrays = _skeletonclr_files(tmp_path)
+    path, arr = data["smplx_42"]["val"], arrays["smplx_42"]["val"]
+    if damage == "nan":
+        arr[1, 0, 3, 5, 0] = np.nan
+        np.save(path, arr)
+    elif damage == "overflow":  # float64 beyond float32: would become inf
+        np.save(path, arr.astype(np.float64) * 1e300)
+    elif damage == "strings":
+        np.save(path, np.full(arr.shape, "1.5"))
+    else:
+        path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(DataError) as err:
+        import_skeletonclr(data, labels, tmp_path / "ds")
+    assert str(path) in str(err.value) and err.value.field is not None
+    if damage in ("nan", "overflow"):
+        assert err.value.sample == NAMES["val"][1 if damage == "nan" else 0]
+    assert not (tmp_path / "ds").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ds.")]
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda a: a[0].update(keypoints=[1, 2]), "keypoints"),
+    (lambda a: a[1].update(keypoints=np.zeros(3)), "keypoints"),
+    (lambda a: a[1].update(frame_dir=["clip1"]), "frame_dir"),
+    (lambda a: a[2].update(keypoint=np.full((1, 5, 25, 3), np.inf, np.float32)), "keypoint"),
+    (lambda a: a[2].update(keypoint=np.zeros((1, 5, 25, 3), np.complex64)), "keypoint"),
+    (lambda a: a[3].update(label=10**30), "label"),
+])
+def test_bad_pyskl_annotations(tmp_path, edit, field):
+    anns = _pyskl_pickle(tmp_path / "in.pkl")
+    edit(anns)
+    (tmp_path / "in.pkl").write_bytes(pickle.dumps({"split": {}, "annotations": anns}, protocol=4))
+    with pytest.raises(DataError) as err:
+        import_pyskl(tmp_path / "in.pkl", tmp_path / "ds")
+    assert err.value.field == field and "in.pkl" in str(err.value)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_pyskl_split_members_must_be_names(tmp_path):
+    anns = _pyskl_pickle(tmp_path / "in.pkl")
+    (tmp_path / "in.pkl").write_bytes(pickle.dumps({"split": {"xsub_train": [["clip0"]]}, "annotations": anns}))
+    with pytest.raises(DataError, match="split.xsub_train"):
+        import_pyskl(tmp_path / "in.pkl", tmp_path / "ds")

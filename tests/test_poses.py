@@ -107,7 +107,7 @@ def test_original_dataset_intact_after_a_failure(tmp_path):
     np.save(poses / f"{NAMES[0]}.npy", _swapped_detections()[0])
     np.save(poses / f"{NAMES[1]}.npy", np.zeros((10, 2, 25, 3)))  # NTU-shaped: wrong joint count
     np.save(poses / f"{NAMES[2]}.npy", _swapped_detections()[0])
-    with pytest.raises(DataError, match=rf"{NAMES[1]}\.npy, field 'shape'.*17"):
+    with pytest.raises(DataError, match=rf"{NAMES[1]}\.npy, sample {NAMES[1]}, field 'shape'.*17"):
         add_pose_convention(root, poses, CONV)
     assert {p.name: p.read_bytes() for p in root.iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]  # no temp dir left behind
@@ -129,3 +129,51 @@ def test_cli_poses(tmp_path, capsys):
                  "--missing", "zero"]) == 0
     assert "2 sample(s) without a pose file were zero-filled" in capsys.readouterr().out
     assert CONV in load_dataset(root).conventions
+
+
+# ---------------------------------------------------------------- hostile inputs (issue 7)
+
+
+class _Shell:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.target}",))
+
+
+@pytest.mark.parametrize("content", ["malicious", "bfloat16", "complex", "dict", "too_many_people", "huge"])
+def test_bad_pose_tensors_leave_the_dataset_untouched(tmp_path, content):
+    root = _dataset(tmp_path)
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    poses = tmp_path / "poses"
+    poses.mkdir()
+    for name in NAMES:
+        np.save(poses / f"{name}.npy", _swapped_detections()[0])
+    (poses / f"{NAMES[1]}.npy").unlink()
+    bad = poses / f"{NAMES[1]}.pt"
+    value = {"malicious": {"poses": torch.zeros(5, 2, 17, 3), "x": _Shell(tmp_path / "pwned")},
+             "bfloat16": torch.zeros(5, 2, 17, 3, dtype=torch.bfloat16),
+             "complex": torch.zeros(5, 2, 17, 3, dtype=torch.complex64), "dict": {"poses": torch.zeros(5, 2, 17, 3)},
+             "too_many_people": torch.zeros(5, 100, 17, 3),
+             "huge": torch.full((5, 2, 17, 3), 1e300, dtype=torch.float64)}
+    torch.save(value[content], bad)
+    with pytest.raises(DataError) as err:
+        add_pose_convention(root, poses, CONV)
+    assert str(bad) in str(err.value) and f"sample {NAMES[1]}" in str(err.value) and err.value.field
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == before
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_sample_names_cannot_reach_outside_the_pose_dir(tmp_path):
+    root = _dataset(tmp_path)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["samples"]["name"][2] = "../secret"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "poses").mkdir()
+    np.save(tmp_path / "secret.npy", _swapped_detections()[0])  # would be read as poses/../secret.npy
+    with pytest.raises(DataError) as err:
+        add_pose_convention(root, tmp_path / "poses", CONV, missing="zero")
+    assert err.value.field == "samples.name" and err.value.sample == 2 and "manifest.json" in str(err.value)

@@ -101,3 +101,67 @@ def test_truncated_and_missing_files(tmp_path):
         restricted_load(path)
     with pytest.raises(DataError, match="cannot read"):
         restricted_load(tmp_path / "absent.pkl")
+
+
+# ---------------------------------------------------------------- crafted pickles (issue 7)
+# Byte strings written by hand: each once crashed, hung or exhausted the old loader (the C
+# unpickler with an allow-list), or let a pickle change the loader's own functions.
+
+P2 = b"\x80\x02"
+
+
+def _load(tmp_path, payload, **kw):
+    path = tmp_path / "crafted.pkl"
+    path.write_bytes(payload)
+    return path, restricted_load(path, **kw)
+
+
+@pytest.mark.parametrize("payload, why", [
+    # numpy dtype state with object flags: numpy raised SystemError (memory is read as PyObject*)
+    (None, "dtype"),
+    # a 1e6-deep tuple as dict key: hash() recursed in C and overflowed the stack (segfault)
+    (P2 + b"}" + b")" + b"\x85" * 1_000_000 + b"K\x01s.", "dict key"),
+    # numpy.ndarray called directly: any shape allocates (here 2**40 bytes)
+    (P2 + b"cnumpy\nndarray\n\x8a\x06\x00\x00\x00\x00\x00\x01\x85\x85R.", "REDUCE"),
+    (P2 + b"cnumpy\nndarray\nK\x05\x85\x81.", "NEWOBJ"),
+    # BUILD on an allowed function: would set attributes on a function that outlives the load
+    (P2 + b"c_codecs\nencode\nN}X\x08\x00\x00\x00__name__X\x01\x00\x00\x00xs\x86b.", "BUILD on function"),
+    (P2 + b"]" * 100_000 + b"a" * 99_999 + b".", "nested deeper"),
+    (P2 + b"]q\x00h\x00a.", "cycle"),
+    (P2 + b"c__builtin__\nbytes\nJ\x00\x00\x00\x10\x85R.", "bytes is only allowed"),
+    (P2 + b"\x82\x01.", "EXT"),
+])
+def test_crafted_pickles_are_refused(tmp_path, payload, why):
+    if payload is None:
+        blob = bytearray(pickle.dumps(np.array([1e-300, 2e-300]), protocol=2))
+        i = blob.index(b"J\xff\xff\xff\xffK\x00t")
+        blob[i + 6] = 63  # NPY_ITEM_REFCOUNT | NPY_ITEM_HASOBJECT | ...
+        payload = bytes(blob)
+    with pytest.raises(DataError, match=why) as err:
+        _load(tmp_path, payload, allow_numpy=True)
+    assert str(tmp_path / "crafted.pkl") in str(err.value) and "byte" in str(err.value)
+    assert _compat_encode_still_works(tmp_path)
+
+
+def _compat_encode_still_works(tmp_path):
+    # the loader's functions are fresh per load: nothing a pickle did survives it
+    return _load(tmp_path, pickle.dumps(b"\x00\xff", protocol=2))[1] == b"\x00\xff"
+
+
+def test_huge_memo_index_allocates_nothing(tmp_path):
+    # LONG_BINPUT 2**31-1: the C unpickler resized its memo table to 2**32 entries (32 GiB)
+    assert _load(tmp_path, P2 + b"Nr\xff\xff\xff\x7f.")[1] is None
+
+
+def test_protocol_0_to_2_builtins(tmp_path):
+    obj = (b"", {1, 2}, frozenset({"a"}), [b"x"])
+    for protocol in (0, 1, 2):
+        assert _load(tmp_path, pickle.dumps(obj, protocol=protocol))[1] == obj
+
+
+def test_field_is_named(tmp_path):
+    path = tmp_path / "labels.pkl"
+    path.write_bytes(b"garbage")
+    with pytest.raises(DataError) as err:
+        restricted_load(path, field="labels")
+    assert err.value.field == "labels" and "labels.pkl" in str(err.value)

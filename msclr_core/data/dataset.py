@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from numpy.lib.format import open_memmap
 
 from msclr_core.errors import DataError
 from msclr_core.io_utils import atomic_dir, atomic_write_text
+
+from .safe_pickle import short_repr
 
 FORMAT, VERSION = "msclr-dataset", 1
 UNITS = {"m": 1.0, "mm": 1e-3, "px": None}  # factor to metres (px: no metric conversion)
@@ -63,7 +66,7 @@ class Dataset:
 
     def array(self, conv: str, mmap: bool = True) -> np.ndarray:
         """The whole N×C×T×V×M array in its native unit (memory-mapped read-only by default)."""
-        return np.load(self.root / self._info(conv).file, mmap_mode="r" if mmap else None)
+        return open_npy(self.root / self._info(conv).file, field=f"conventions.{conv}.file", mmap=mmap)
 
     def split_indices(self, protocol: str, part: str) -> np.ndarray:
         if protocol not in self.splits:
@@ -89,6 +92,68 @@ class Dataset:
         return out
 
 
+# ----------------------------------------------------------------------------- arrays
+
+def open_npy(path: Path, *, field: str, mmap: bool = True, sample=None) -> np.ndarray:
+    """A plain numeric .npy as a read-only memmap (or in memory with mmap=False).
+
+    Everything else is a DataError naming `path` and `field`: no file, a pickle or .npz
+    under a .npy name, a header numpy cannot parse, object/string/structured dtypes, and
+    data shorter or longer than the header says (a truncated copy)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            if read is None:
+                raise ValueError(f".npy format version {version} (expected 1.0 or 2.0)")
+            shape, fortran, dtype = read(f)
+            expected = f.tell() + int(np.prod(shape, dtype=object)) * dtype.itemsize
+            size = os.fstat(f.fileno()).st_size
+    except OSError as err:
+        raise DataError(f"cannot read array file: {err.strerror or err}", path=path, sample=sample,
+                        field=field) from None
+    except Exception as err:  # noqa: BLE001 - numpy's header parser raises ValueError, SyntaxError, TokenError...
+        raise DataError(f"not a readable .npy file: {short_repr(str(err))}", path=path, sample=sample,
+                        field=field) from None
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise DataError(f"dtype {dtype} is not a plain numeric array", path=path, sample=sample, field=field)
+    if size != expected:
+        raise DataError(f"file has {size} bytes, its header ({dtype} {list(shape)}) needs {expected}: "
+                        "truncated or not written completely", path=path, sample=sample, field=field)
+    try:
+        return fmt.open_memmap(path, mode="r") if mmap else np.load(path, allow_pickle=False)
+    except (OSError, ValueError, MemoryError) as err:
+        raise DataError(f"cannot map array file: {short_repr(str(err))}", path=path, sample=sample,
+                        field=field) from None
+
+
+def _array_path(root: Path, fname, mpath: Path, fld: str, allow_absolute: bool) -> Path:
+    """Where a manifest's array file is. Rule: a relative path must resolve (symlinks
+    included) inside the dataset directory; an absolute path is used as is, but only when
+    the manifest says "allow_absolute_paths": true. A downloaded manifest cannot make us
+    read (or, via add_pose_convention, copy) files elsewhere by accident."""
+    if not (isinstance(fname, str) and fname.endswith(".npy") and len(fname) > 4 and "\x00" not in fname):
+        raise DataError(f"must be the path of a .npy file, got {short_repr(fname)}", path=mpath, field=fld)
+    path = Path(fname)
+    if path.is_absolute():
+        if not allow_absolute:
+            raise DataError(f"absolute path {fname!r} refused: relative paths must stay inside the dataset "
+                            'directory; set "allow_absolute_paths": true in the manifest to use files elsewhere',
+                            path=mpath, field=fld)
+        return path
+    try:
+        target = (root / path).resolve()
+        inside = target.is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        target, inside = root / path, False
+    if not inside:
+        raise DataError(f"{fname!r} resolves to {target}, outside the dataset directory {root} "
+                        '(relative paths and their symlinks must stay inside; absolute paths need '
+                        '"allow_absolute_paths": true)', path=mpath, field=fld)
+    return root / path
+
+
 # ----------------------------------------------------------------------------- validation
 
 def _read_manifest(root: Path) -> dict:
@@ -96,13 +161,24 @@ def _read_manifest(root: Path) -> dict:
     if not path.is_file():
         raise DataError("not a dataset directory (manifest.json missing)", path=path)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+        manifest = json.loads(text)
+    except OSError as err:
+        raise DataError(f"cannot read manifest: {err.strerror or err}", path=path) from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"not UTF-8 text: {err.reason}", path=path, line=raw.count(b"\n", 0, err.start) + 1) from None
     except json.JSONDecodeError as err:
         raise DataError(f"invalid JSON: {err.msg}", path=path, line=err.lineno) from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"not UTF-8 text: {err}", path=path) from None
+    except RecursionError:
+        raise DataError("invalid JSON: nested deeper than the parser allows", path=path, field="top level") from None
+    except ValueError as err:  # an integer beyond Python's 4300-digit limit: the scanner gives no position
+        m = re.search(r"\d{4000,}", text)
+        line = text.count("\n", 0, m.start()) + 1 if m else None
+        raise DataError(f"invalid JSON: {short_repr(str(err))}", path=path, line=line,
+                        field=None if m else "top level") from None
     if not isinstance(manifest, dict):
-        raise DataError("top level must be a JSON object", path=path)
+        raise DataError(f"must be a JSON object, got {type(manifest).__name__}", path=path, field="top level")
     return manifest
 
 
@@ -122,13 +198,17 @@ def _parse(root: Path, manifest: dict) -> tuple[Dataset, list[DataError]]:
 
     mpath = root / "manifest.json"
     problems: list[DataError] = []
-    _require(manifest.get("format") == FORMAT, f"expected {FORMAT!r}, got {manifest.get('format')!r}", mpath, "format")
-    _require(manifest.get("version") == VERSION, f"unsupported version {manifest.get('version')!r} (reader: {VERSION})", mpath, "version")
+    fmt, version = manifest.get("format"), manifest.get("version")
+    _require(fmt == FORMAT, f"expected {FORMAT!r}, got {short_repr(fmt)}", mpath, "format")
+    _require(_is_int(version) and version == VERSION, f"unsupported version {short_repr(version)} (reader: {VERSION})",
+             mpath, "version")
     for key in ("name", "classes", "conventions", "samples", "splits"):
         _require(key in manifest, "required key missing", mpath, key)
     name, classes = manifest["name"], manifest["classes"]
     _require(isinstance(name, str), "must be a string", mpath, "name")
     _require(isinstance(classes, list) and all(isinstance(c, str) for c in classes), "must be a list of strings", mpath, "classes")
+    allow_absolute = manifest.get("allow_absolute_paths", False)
+    _require(isinstance(allow_absolute, bool), "must be true or false", mpath, "allow_absolute_paths")
 
     samples = manifest["samples"]
     _require(isinstance(samples, dict), "must be an object of per-sample columns", mpath, "samples")
@@ -138,15 +218,20 @@ def _parse(root: Path, manifest: dict) -> tuple[Dataset, list[DataError]]:
     for col, values in samples.items():
         _require(isinstance(values, list), "column must be a list", mpath, f"samples.{col}")
         _require(len(values) == n, f"has {len(values)} entries, samples.name has {n}", mpath, f"samples.{col}")
-    _require(all(isinstance(s, str) for s in samples["name"]), "sample names must be strings", mpath, "samples.name")
-    bad = [i for i, v in enumerate(samples["label"]) if not _is_int(v)]
-    _require(not bad, f"labels must be integers (first bad at sample {bad[0] if bad else 0})", mpath, "samples.label")
-    labels = np.asarray(samples["label"], dtype=np.int64).reshape(n)
-    out = np.flatnonzero((labels < 0) | (labels >= len(classes)))
-    if len(out):
-        i = int(out[0])
-        problems.append(DataError(f"{len(out)} label(s) outside [0, {len(classes)}), e.g. {labels[i]}",
-                                  path=mpath, sample=samples["name"][i], field="samples.label"))
+    bad = next((i for i, s in enumerate(samples["name"]) if not isinstance(s, str)), None)
+    if bad is not None:
+        raise DataError(f"sample names must be strings, got {short_repr(samples['name'][bad])}", path=mpath,
+                        sample=bad, field="samples.name")
+    bad = next((i for i, v in enumerate(samples["label"]) if not _is_int(v)), None)
+    if bad is not None:
+        raise DataError(f"labels must be integers, got {short_repr(samples['label'][bad])}", path=mpath,
+                        sample=samples["name"][bad], field="samples.label")
+    out = [i for i, v in enumerate(samples["label"]) if not 0 <= v < len(classes)]  # Python ints: no overflow
+    if out:
+        problems.append(DataError(f"{len(out)} label(s) outside [0, {len(classes)}), e.g. "
+                                  f"{short_repr(samples['label'][out[0]])}",
+                                  path=mpath, sample=samples["name"][out[0]], field="samples.label"))
+    labels = np.array([v if 0 <= v < len(classes) else -1 for v in samples["label"]], dtype=np.int64).reshape(n)
 
     convs = manifest["conventions"]
     _require(isinstance(convs, dict) and convs, "must be a non-empty object", mpath, "conventions")
@@ -159,24 +244,24 @@ def _parse(root: Path, manifest: dict) -> tuple[Dataset, list[DataError]]:
             raise DataError(str(err.args[0]), path=mpath, field=fld) from None
         _require(isinstance(entry, dict), "must be an object", mpath, fld)
         fname, unit, shape = entry.get("file"), entry.get("unit"), entry.get("shape")
-        _require(isinstance(fname, str) and fname and Path(fname).name == fname and fname.endswith(".npy"),
-                 f"must be a .npy file name inside the dataset directory, got {fname!r}", mpath, f"{fld}.file")
-        _require(unit in UNITS, f"must be one of {sorted(UNITS)}, got {unit!r}", mpath, f"{fld}.unit")
-        _require(isinstance(shape, list) and len(shape) == 5 and all(_is_int(s) and s >= 0 for s in shape),
-                 f"must be [N, C, T, V, M], got {shape!r}", mpath, f"{fld}.shape")
+        apath = _array_path(root, fname, mpath, f"{fld}.file", allow_absolute)
+        _require(isinstance(unit, str) and unit in UNITS, f"must be one of {sorted(UNITS)}, got {short_repr(unit)}",
+                 mpath, f"{fld}.unit")
+        _require(isinstance(shape, list) and len(shape) == 5 and all(_is_int(s) for s in shape)
+                 and shape[0] >= 0 and min(shape[1:]) >= 1,
+                 f"must be [N, C, T, V, M] (N >= 0, the others >= 1), got {short_repr(shape)}", mpath, f"{fld}.shape")
         if shape[0] != n:
             problems.append(DataError(f"has {shape[0]} rows, the manifest lists {n} samples", path=mpath, field=f"{fld}.shape"))
         if shape[3] != conv.num_joints:
             problems.append(DataError(f"V={shape[3]} but convention {cname!r} has {conv.num_joints} joints",
                                       path=mpath, field=f"{fld}.shape"))
-        apath = root / fname
         if not apath.is_file():
             problems.append(DataError("array file missing", path=apath, field=f"{fld}.file"))
         else:
             try:
-                arr = np.load(apath, mmap_mode="r")
-            except (ValueError, OSError) as err:
-                problems.append(DataError(f"not a readable .npy: {err}", path=apath, field=f"{fld}.file"))
+                arr = open_npy(apath, field=f"{fld}.file")
+            except DataError as err:
+                problems.append(err)
             else:
                 if arr.dtype != np.float32 or list(arr.shape) != shape:
                     problems.append(DataError(f"array is {arr.dtype} {list(arr.shape)}, manifest says float32 {shape}",
@@ -194,11 +279,11 @@ def _parse(root: Path, manifest: dict) -> tuple[Dataset, list[DataError]]:
         for part, idx in parts.items():
             fld = f"splits.{proto}.{part}"
             _require(isinstance(idx, list) and all(_is_int(i) for i in idx), "must be a list of sample indices", mpath, fld)
-            arr = np.asarray(idx, dtype=np.int64).reshape(len(idx))
-            bad = np.flatnonzero((arr < 0) | (arr >= n))
-            if len(bad):
-                problems.append(DataError(f"{len(bad)} index(es) outside [0, {n}), e.g. {arr[bad[0]]}", path=mpath, field=fld))
-            splits[proto][part] = arr
+            bad = [i for i in idx if not 0 <= i < n]
+            if bad:
+                problems.append(DataError(f"{len(bad)} index(es) outside [0, {n}), e.g. {short_repr(bad[0])}",
+                                          path=mpath, field=fld))
+            splits[proto][part] = np.array([i if 0 <= i < n else -1 for i in idx], dtype=np.int64).reshape(len(idx))
 
     meta = {k: v for k, v in samples.items() if k not in ("name", "label")}
     ds = Dataset(root=root, name=name, classes=list(classes), conventions=infos, sample_names=list(samples["name"]),
@@ -258,10 +343,10 @@ def check_dataset(root: str | os.PathLike) -> dict:
     for conv, info in ds.conventions.items():
         try:
             arr = ds.array(conv)
-        except (ValueError, OSError, DataError):
+        except DataError:
             continue  # already reported by _parse
-        if arr.shape[0] != len(ds):
-            continue
+        if arr.dtype != np.float32 or arr.shape != info.shape or arr.shape[0] != len(ds):
+            continue  # already reported by _parse
         row_bytes = max(1, int(np.prod(arr.shape[1:])) * arr.itemsize)
         step = max(1, CHECK_CHUNK_BYTES // row_bytes)
         nonfinite_rows: list[int] = []
@@ -332,7 +417,10 @@ class DatasetWriter:
                 raise DataError(f"unit must be one of {sorted(UNITS)}, got {unit!r}", field=f"conventions.{conv}.unit")
         self.capacity = int(capacity)
         self._cm = atomic_dir(self.root, overwrite=overwrite)
-        self.tmp = self._cm.__enter__()
+        try:
+            self.tmp = self._cm.__enter__()
+        except FileExistsError:
+            raise DataError("output directory already exists (pass overwrite to replace it)", path=self.root) from None
         self._open = True
         try:
             self.infos = {c: ConventionInfo(c, f"{c}.npy", units.get(c, "m"), (self.capacity, *map(int, s)))

@@ -26,19 +26,36 @@ import numpy as np
 
 from msclr_core.errors import DataError
 
-from .safe_pickle import restricted_load
+from .dataset import open_npy
+from .safe_pickle import restricted_load, short_repr
 
 SPLIT_PARTS = {"train": "train", "val": "test", "test": "test"}  # AimCLR file split -> dataset part
 CHUNK = 256  # rows converted at a time (NTU train_data.npy is tens of GB: never load it whole)
+MAX_CLASSES = 100_000  # without explicit classes, a label this large is a corrupt file, not a class id
 
 
-def _conv(name):
+def _conv(name, path=None, field="convention"):
     from msclr_core.conventions import get_convention
 
     try:
         return get_convention(name)
-    except KeyError as err:
-        raise DataError(str(err.args[0]), field="convention") from None
+    except (KeyError, TypeError) as err:  # TypeError: an unhashable name from a pickle
+        raise DataError(str(err.args[0]) if err.args else f"bad convention {short_repr(name)}",
+                        path=path, field=field) from None
+
+
+def _check_label(label, limit: int, path, sample, field="label") -> int:
+    """An int class id in [0, limit) (numpy ints allowed, bools not)."""
+    if not isinstance(label, (int, np.integer)) or isinstance(label, (bool, np.bool_)) or not 0 <= label < limit:
+        raise DataError(f"label must be an int in [0, {limit}), got {short_repr(label)}", path=path, sample=sample,
+                        field=field)
+    return int(label)
+
+
+def _first_nonfinite(block: np.ndarray) -> int | None:
+    """Index of the first row of `block` holding NaN/inf, or None."""
+    bad = ~np.isfinite(block.reshape(len(block), -1)).all(axis=1) if block.size else np.zeros(len(block), bool)
+    return int(np.flatnonzero(bad)[0]) if bad.any() else None
 
 
 def _default_classes(labels, names) -> list[str]:
@@ -63,21 +80,24 @@ def _ntu_meta(names) -> dict:
 
 # ----------------------------------------------------------------------------- SkeletonCLR
 
-def _read_labels(path: Path):
+def _read_labels(path: Path, num_classes: int | None = None):
     if path.suffix == ".npy":
         raise DataError("a label .npy was passed where the label pickle (sample_names, labels) belongs; "
                         "pass e.g. train_label.pkl", path=path, field="labels")
-    obj = restricted_load(path)
+    obj = restricted_load(path, field="labels")
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(o, (list, tuple)) for o in obj)):
         raise DataError("expected a pickle of (sample_names, labels)", path=path, field="labels")
     names, labels = list(obj[0]), list(obj[1])
     if len(names) != len(labels):
         raise DataError(f"{len(names)} sample names but {len(labels)} labels", path=path, field="labels")
+    out = []
     for i, (n, v) in enumerate(zip(names, labels)):
-        if not isinstance(n, str) or not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise DataError(f"entry {i}: expected (str name, int label >= 0), got ({n!r}, {v!r})",
-                            path=path, sample=n, field="labels")
-    return [Path(n).name.split(".")[0] for n in names], labels  # gendata stores "S001...A001.skeleton"
+        short = Path(n).name.split(".")[0] if isinstance(n, str) else ""  # gendata stores "S001...A001.skeleton"
+        if not short:
+            raise DataError(f"expected a sample name (str), got {short_repr(n)}", path=path, sample=i, field="labels")
+        _check_label(v, num_classes or MAX_CLASSES, path, sample=f"{i} ({short})", field="labels")
+        out.append(short)
+    return out, [int(v) for v in labels]
 
 
 def _by_convention(data_paths) -> dict[str, dict[str, Path]]:
@@ -116,7 +136,13 @@ def import_skeletonclr(data_paths, label_paths, out_dir, *, classes=None, protoc
             raise DataError(f"no label pickle for split {s!r}", field="label_paths")
     units = {c: (units or {}).get(c, "m" if c == "ntu-rgb+d" else "mm") for c in by_conv}
 
-    labels_of = {s: _read_labels(Path(label_paths[s])) for s in splits}
+    labels_of = {s: _read_labels(Path(label_paths[s]), len(classes) if classes else None) for s in splits}
+    seen: set[str] = set()
+    for s in splits:  # a sample name identifies a sample, across splits too
+        for n in labels_of[s][0]:
+            if n in seen:
+                raise DataError("duplicate sample name", path=label_paths[s], sample=n, field="labels")
+            seen.add(n)
     arrays: dict[str, dict[str, np.ndarray]] = {}
     for conv, files in by_conv.items():
         cv = _conv(conv)
@@ -124,13 +150,11 @@ def import_skeletonclr(data_paths, label_paths, out_dir, *, classes=None, protoc
             if s not in files:
                 raise DataError(f"convention {conv!r} has no array for split {s!r}", field="data_paths")
             path = files[s]
-            try:
-                arr = np.load(path, mmap_mode="r")
-            except (OSError, ValueError) as err:
-                raise DataError(f"not a readable .npy: {err}", path=path, field="data") from None
+            arr = open_npy(path, field="data")
             n = len(labels_of[s][0])
-            if arr.ndim != 5:
-                raise DataError(f"expected N×C×T×V×M, got shape {arr.shape}", path=path, field="shape")
+            if arr.ndim != 5 or arr.shape[1] not in (2, 3) or min(arr.shape[2:]) < 1:
+                raise DataError(f"expected N×C×T×V×M (C = 2 or 3, T, V, M >= 1), got shape {arr.shape}",
+                                path=path, field="shape")
             if arr.shape[0] != n:
                 raise DataError(f"has {arr.shape[0]} samples, the label pickle {label_paths[s]} lists {n}",
                                 path=path, field="N")
@@ -161,9 +185,15 @@ def import_skeletonclr(data_paths, label_paths, out_dir, *, classes=None, protoc
             for s in splits:
                 src = arrays[conv][s]
                 for lo in range(0, len(src), CHUNK):
-                    block = np.asarray(src[lo:lo + CHUNK], dtype=np.float32)
-                    if run:
-                        block = np.stack([preprocess_clip(x, conv, T=T) for x in block]) if len(block) else block
+                    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
+                        block = np.asarray(src[lo:lo + CHUNK], dtype=np.float32)
+                        bad = _first_nonfinite(block)
+                        if run and bad is None:
+                            block = np.stack([preprocess_clip(x, conv, T=T) for x in block]) if len(block) else block
+                            bad = _first_nonfinite(block)
+                    if bad is not None:
+                        raise DataError("NaN/inf coordinates (or beyond float32 range)", path=by_conv[conv][s],
+                                        sample=labels_of[s][0][lo + bad], field="data")
                     w.arrays[conv][row:row + len(block)] = block
                     row += len(block)
         return w.commit(name=name or Path(out_dir).name, classes=classes or _default_classes(labels, names),
@@ -177,11 +207,11 @@ def _split_parts(split: dict, index: dict[str, int], path: Path) -> dict[str, di
     for key, members in split.items():
         proto, _, part = str(key).rpartition("_")
         proto = proto or "default"
-        if not isinstance(members, (list, tuple)):
+        if not isinstance(members, (list, tuple)) or not all(isinstance(m, str) for m in members):
             raise DataError("split members must be a list of frame_dir names", path=path, field=f"split.{key}")
         unknown = [m for m in members if m not in index]
         if unknown:
-            raise DataError(f"{len(unknown)} name(s) not among the annotations, e.g. {unknown[0]!r}",
+            raise DataError(f"{len(unknown)} name(s) not among the annotations, e.g. {short_repr(unknown[0])}",
                             path=path, field=f"split.{key}")
         out.setdefault(proto, {})[part] = [index[m] for m in members]
     for proto, parts in out.items():
@@ -199,8 +229,8 @@ def _keypoint(ann, key, conv, persons, T, steps, where, path) -> np.ndarray:
     kp = ann[key] if key == "keypoint" else ann["keypoints"][conv.name]
     fld = key if key == "keypoint" else f"keypoints.{conv.name}"
     if not isinstance(kp, np.ndarray) or kp.ndim != 4 or kp.shape[3] not in (2, 3) or kp.shape[1] == 0:
-        raise DataError(f"expected M×T×V×C (C = 2 or 3), got {getattr(kp, 'shape', type(kp).__name__)}",
-                        path=path, sample=where, field=fld)
+        shape = list(kp.shape) if isinstance(kp, np.ndarray) else type(kp).__name__
+        raise DataError(f"expected an array M×T×V×C (C = 2 or 3), got {shape}", path=path, sample=where, field=fld)
     if kp.shape[2] != conv.num_joints:
         raise DataError(f"V={kp.shape[2]}, convention {conv.name!r} has {conv.num_joints} joints",
                         path=path, sample=where, field=fld)
@@ -208,11 +238,24 @@ def _keypoint(ann, key, conv, persons, T, steps, where, path) -> np.ndarray:
         raise DataError(f"dtype {kp.dtype} is not numeric", path=path, sample=where, field=fld)
     x = np.zeros((kp.shape[3], kp.shape[1], kp.shape[2], persons), np.float32)  # C×T×V×M
     m = min(persons, kp.shape[0])
-    x[..., :m] = np.asarray(kp[:m], dtype=np.float32).transpose(3, 1, 2, 0)
-    if not np.isfinite(x).all():
-        raise DataError("NaN/inf coordinates", path=path, sample=where, field=fld)
-    steps = [s for s in steps if s != "rotate" or x.shape[0] == 3]  # no y-rotation for 2D keypoints
-    return preprocess_clip(x, conv, steps=steps, T=T)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
+        x[..., :m] = np.asarray(kp[:m], dtype=np.float32).transpose(3, 1, 2, 0)
+        steps = [s for s in steps if s != "rotate" or x.shape[0] == 3]  # no y-rotation for 2D keypoints
+        out = preprocess_clip(x, conv, steps=steps, T=T) if np.isfinite(x).all() else x
+    if not np.isfinite(out).all():
+        raise DataError("NaN/inf coordinates (or beyond float32 range)", path=path, sample=where, field=fld)
+    return out
+
+
+def _extra_keypoints(ann: dict, i: int, path: Path) -> dict:
+    """The multi-skeleton `keypoints` dict of an annotation ({} when absent)."""
+    extra = ann.get("keypoints")
+    if extra is None:
+        return {}
+    if not isinstance(extra, dict) or not all(isinstance(c, str) for c in extra):
+        raise DataError(f"must be a dict convention -> array, got {type(extra).__name__}", path=path,
+                        sample=f"annotation {i}", field="keypoints")
+    return extra
 
 
 def import_pyskl(pkl_path, out_dir, conv: str = "ntu-rgb+d", *, T: int = 50, persons: int = 2,
@@ -226,35 +269,36 @@ def import_pyskl(pkl_path, out_dir, conv: str = "ntu-rgb+d", *, T: int = 50, per
     from .dataset import write_dataset
 
     path = Path(pkl_path)
-    data = restricted_load(path, allow_numpy=True)
+    data = restricted_load(path, allow_numpy=True, field="annotations")
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise DataError("expected a dict with an 'annotations' list", path=path, field="annotations")
     anns = data["annotations"]
     if not anns:
         raise DataError("no annotations", path=path, field="annotations")
-    first = anns[0] if isinstance(anns[0], dict) else {}
-    convs = [conv] + [c for c in (first.get("keypoints") or {}) if c != conv]
-    cvs = {c: _conv(c) for c in convs}
-    names, labels, arrays = [], [], {c: [] for c in convs}
+    cvs = {conv: _conv(conv)}
+    if isinstance(anns[0], dict):  # annotation 0 decides the extra conventions
+        cvs.update({c: _conv(c, path, "keypoints") for c in _extra_keypoints(anns[0], 0, path) if c != conv})
+    names, labels, arrays = [], [], {c: [] for c in cvs}
     for i, ann in enumerate(anns):
         where = f"annotation {i}"
         if not isinstance(ann, dict):
-            raise DataError("annotation must be a dict", path=path, sample=where)
+            raise DataError("annotation must be a dict", path=path, sample=where, field="annotations")
         for key in ("frame_dir", "label", "keypoint"):
             if key not in ann:
                 raise DataError("required key missing", path=path, sample=where, field=key)
-        where = f"annotation {i} ({ann['frame_dir']})"
-        label = ann["label"]
-        if not isinstance(label, (int, np.integer)) or isinstance(label, bool) or label < 0:
-            raise DataError(f"label must be an int >= 0, got {label!r}", path=path, sample=where, field="label")
-        for c in convs:
-            if c != conv and c not in (ann.get("keypoints") or {}):
+        if not isinstance(ann["frame_dir"], str):
+            raise DataError(f"must be a str, got {short_repr(ann['frame_dir'])}", path=path, sample=where,
+                            field="frame_dir")
+        where = f"annotation {i} ({short_repr(ann['frame_dir'])[1:-1]})"
+        labels.append(_check_label(ann["label"], len(classes) if classes else MAX_CLASSES, path, where))
+        extra = _extra_keypoints(ann, i, path)
+        for c, cv in cvs.items():
+            if c != conv and c not in extra:
                 raise DataError(f"convention {c!r} missing (annotation 0 has it)", path=path, sample=where,
                                 field="keypoints")
-            arrays[c].append(_keypoint(ann, "keypoint" if c == conv else "keypoints", cvs[c], persons, T, steps,
+            arrays[c].append(_keypoint(ann, "keypoint" if c == conv else "keypoints", cv, persons, T, steps,
                                        where, path))
-        names.append(str(ann["frame_dir"]))
-        labels.append(int(label))
+        names.append(ann["frame_dir"])
     for c, clips in arrays.items():
         if len({a.shape for a in clips}) > 1:
             raise DataError(f"annotations mix coordinate dims {sorted({a.shape[0] for a in clips})}", path=path,
@@ -262,10 +306,10 @@ def import_pyskl(pkl_path, out_dir, conv: str = "ntu-rgb+d", *, T: int = 50, per
     index = {n: k for k, n in enumerate(names)}
     if len(index) != len(names):
         raise DataError("duplicate frame_dir names", path=path, field="frame_dir")
-    split = data.get("split") or {}
+    split = {} if data.get("split") is None else data["split"]
     if not isinstance(split, dict):
         raise DataError("must be a dict name -> [frame_dir]", path=path, field="split")
-    units = {c: unit or ("px" if arrays[c][0].shape[0] == 2 else "m") for c in convs}
+    units = {c: unit or ("px" if arrays[c][0].shape[0] == 2 else "m") for c in cvs}
     return write_dataset(out_dir, name=name or path.stem, classes=classes or _default_classes(labels, names),
                          arrays={c: np.stack(a) for c, a in arrays.items()}, sample_names=names, labels=labels,
                          meta=_ntu_meta(names), splits=_split_parts(split, index, path), units=units,

@@ -31,6 +31,9 @@ import numpy as np
 from msclr_core.errors import DataError
 
 from .preprocess import STEPS, joints_for, preprocess_clip
+from .safe_pickle import short_repr
+
+MAX_DETECTIONS = 64  # per frame; tracking cost grows with tracks x detections, so a hostile file is refused
 
 
 @dataclass
@@ -39,22 +42,30 @@ class PoseImportReport:
     zero_filled: list[str] = field(default_factory=list)  # samples without a pose file (missing="zero")
 
 
-def read_pose_file(path: Path, num_joints: int) -> np.ndarray:
-    """[frames, detections, joints, 3] float64 from .npy or .pt; NaN detections become absent (0)."""
-    try:
-        if path.suffix == ".pt":
+def read_pose_file(path: Path, num_joints: int, sample=None) -> np.ndarray:
+    """[frames, detections, joints, 3] float64 from .npy or .pt; NaN detections become absent (0).
+
+    .pt files are loaded with weights_only=True (tensors and plain containers only: an
+    untrusted .pt cannot run code); .npy files never unpickle."""
+    from .dataset import open_npy
+
+    if path.suffix == ".pt":
+        try:
             import torch
 
             arr = torch.load(path, map_location="cpu", weights_only=True)
             arr = arr.numpy() if isinstance(arr, torch.Tensor) else arr
-        else:
-            arr = np.load(path, allow_pickle=False)
-    except Exception as err:  # torch raises many types for a bad file; all mean "unreadable"
-        raise DataError(f"cannot read pose file: {err}", path=path) from None
-    if not isinstance(arr, np.ndarray):
-        raise DataError(f"expected a tensor/array, got {type(arr).__name__}", path=path)
-    if arr.ndim != 4 or arr.shape[2] != num_joints or arr.shape[3] != 3:
-        raise DataError(f"expected [frames, persons, {num_joints}, 3], got {list(arr.shape)}", path=path, field="shape")
+        except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file; all mean "unreadable"
+            raise DataError(f"cannot read pose file: {short_repr(str(err))}", path=path, sample=sample,
+                            field="poses") from None
+    else:
+        arr = open_npy(path, field="poses", mmap=False, sample=sample)
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        what = f"{arr.dtype} array" if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise DataError(f"expected a numeric tensor/array, got {what}", path=path, sample=sample, field="poses")
+    if arr.ndim != 4 or arr.shape[2] != num_joints or arr.shape[3] != 3 or arr.shape[1] > MAX_DETECTIONS:
+        raise DataError(f"expected [frames, persons <= {MAX_DETECTIONS}, {num_joints}, 3], got {list(arr.shape)}",
+                        path=path, sample=sample, field="shape")
     arr = np.asarray(arr, dtype=np.float64)
     bad = ~np.isfinite(arr).all(axis=(2, 3))
     arr[bad] = 0.0
@@ -119,6 +130,10 @@ def add_pose_convention(dataset_root, pose_dir, conv: str, *, unit: str = "mm", 
 
     root, pose_dir = Path(dataset_root), Path(pose_dir)
     ds = load_dataset(root)
+    for i, name in enumerate(ds.sample_names):  # names come from the manifest: never a path out of pose_dir
+        if name in ("", ".", "..") or Path(name).name != name or "\x00" in name:
+            raise DataError(f"sample name {short_repr(name)} is not a plain file name, so it cannot name a pose file",
+                            path=root / "manifest.json", sample=i, field="samples.name")
     cv = get_convention(conv)
     if missing not in ("error", "zero"):
         raise DataError(f"missing must be 'error' or 'zero', got {missing!r}", field="missing")
@@ -147,8 +162,8 @@ def add_pose_convention(dataset_root, pose_dir, conv: str, *, unit: str = "mm", 
     fname = f"{conv}.npy"
     with atomic_dir(root, overwrite=True) as tmp:
         for item in root.iterdir():  # the existing version, by hard link (no copy of big arrays)
-            if item.is_dir():
-                shutil.copytree(item, tmp / item.name, copy_function=_link_or_copy)
+            if item.is_dir():  # symlinks stay links: never copy what they point to
+                shutil.copytree(item, tmp / item.name, symlinks=True, copy_function=_link_or_copy)
             elif item.name not in ("manifest.json", fname):
                 _link_or_copy(item, tmp / item.name)
         out = open_memmap(tmp / fname, mode="w+", dtype=np.float32, shape=(len(ds), 3, frames, cv.num_joints, persons))
@@ -156,10 +171,14 @@ def add_pose_convention(dataset_root, pose_dir, conv: str, *, unit: str = "mm", 
             if files[name] is None:
                 out[i] = 0.0
                 continue
-            poses = read_pose_file(files[name], cv.num_joints)
-            tracked = track_persons(poses * scale, j.root, persons=persons, max_jump=max_jump_m)
-            out[i] = preprocess_clip(tracked.transpose(3, 0, 2, 1).astype(np.float32), cv, steps=steps, T=T,
-                                     pad_to=frames)
+            poses = read_pose_file(files[name], cv.num_joints, sample=name)
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
+                tracked = track_persons(poses * scale, j.root, persons=persons, max_jump=max_jump_m)
+                clip = preprocess_clip(tracked.transpose(3, 0, 2, 1).astype(np.float32), cv, steps=steps, T=T,
+                                       pad_to=frames)
+            if not np.isfinite(clip).all():
+                raise DataError("coordinates beyond float32 range", path=files[name], sample=name, field="poses")
+            out[i] = clip
         out.flush()
         del out
         manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))

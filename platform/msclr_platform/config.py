@@ -1,14 +1,19 @@
 """Experiment configs: YAML files validated into typed dataclasses.
 
 Unknown keys and wrong types are errors that name the file and the dotted key.
-`--set a.b=value` overrides are applied before validation. Relative paths are resolved
-against the config file here, in the driver, because Ray workers chdir elsewhere.
+`--set a.b=value` overrides are applied before validation. Relative paths are made
+absolute here, in the driver, because Ray workers chdir elsewhere: paths written in a
+config file are relative to that file, paths given with `--set` to the current
+directory (where the user typed them), so neither can silently land somewhere else.
+Configs are untrusted input: YAML is only ever read with yaml.safe_load.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,8 +22,13 @@ from pathlib import Path
 import yaml
 
 from msclr_core.augment import AugmentConfig
+from msclr_core.data.safe_pickle import short_repr
 from msclr_core.errors import ConfigError
 from msclr_core.pretrain import MethodSettings, ModelSettings, OptimSettings, PretrainSettings
+
+PATH_KEYS = ("data.path", "ray.storage_path", "tracking.tracking_uri")  # made absolute by _resolve_path
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # scheme://... (s3://, gs://, http://): not a local path
+_RELATIVE_SQLITE = re.compile(r"sqlite:///(?!/)(.+)")  # sqlite:///x.db is relative to the cwd, sqlite:////x.db not
 
 
 @dataclass
@@ -110,15 +120,19 @@ def from_dict(cls, data, *, where: str = "", source: str = "<config>"):
         raise ConfigError(f"{source}: {where or 'top level'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted((k for k in data if k not in names), key=short_repr)  # YAML keys may be ints, None...
     if unknown:
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        name = unknown[0] if isinstance(unknown[0], str) else short_repr(unknown[0])
+        key = f"{where}.{name}" if where else name
         raise ConfigError(f"{source}: unknown key {key!r} (known at this level: {', '.join(sorted(names))})")
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
         kwargs[name] = _coerce(hints[name], value, key, source)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:  # range checks in __post_init__ name the key but not the file
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def _coerce(tp, value, key: str, source: str):
@@ -132,38 +146,69 @@ def _coerce(tp, value, key: str, source: str):
         return from_dict(tp, value, where=key, source=source)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: key {key!r}: expected a list, got {value!r}")
+            raise ConfigError(f"{source}: key {key!r}: expected a list, got {short_repr(value)}")
         (item,) = typing.get_args(tp)[:1] or (typing.Any,)
         return [_coerce(item, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: key {key!r}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{source}: key {key!r}: expected a mapping, got {short_repr(value)}")
         return dict(value)
     if tp is typing.Any:
         return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
-        raise ConfigError(f"{source}: key {key!r}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, (int, float) if tp is float else tp):
+        got = f"{type(value).__name__} {short_repr(value)}"
+        raise ConfigError(f"{source}: key {key!r}: expected {tp.__name__}, got {got}")
+    if tp is float:
+        try:
+            value = float(value)
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):  # .nan / .inf in YAML, or an int beyond float range
+            raise ConfigError(f"{source}: key {key!r}: expected a finite number, got {short_repr(value)}")
     return value
 
 
 # ---------------------------------------------------------------- YAML + overrides
 
 
-def parse_overrides(pairs: list[str] | None) -> dict:
-    """['optim.lr=0.05', 'conventions=[ntu-rgb+d]'] -> nested dict (values parsed as YAML)."""
+def _safe_yaml(text: str, where: str):
+    """yaml.safe_load (configs are untrusted input); every failure a ConfigError naming the line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:  # str(err) already says "line N, column M"
+        raise ConfigError(f"{where}: invalid YAML: {err}") from None
+    except yaml.YAMLError as err:  # ReaderError (a control character) only knows its position
+        line = text.count("\n", 0, getattr(err, "position", 0)) + 1
+        raise ConfigError(f"{where}: invalid YAML at line {line}: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: top level: invalid YAML: nested deeper than the parser allows") from None
+    except ValueError as err:  # an integer beyond Python's 4300-digit limit: locate it
+        m = re.search(r"\d{4000,}", text)
+        line = text.count("\n", 0, m.start()) + 1 if m else 1
+        raise ConfigError(f"{where}: invalid YAML at line {line}: {short_repr(str(err))}") from None
+
+
+def parse_overrides(pairs: list[str] | None, base: Path | None = None) -> dict:
+    """['optim.lr=0.05', 'conventions=[ntu-rgb+d]'] -> nested dict (values parsed as YAML).
+
+    Paths (PATH_KEYS) are made absolute against `base`, by default the current directory:
+    `--set data.path=data/ntu60` means ./data/ntu60 where the command was typed, not a
+    directory beside the config file."""
     out: dict = {}
     for pair in pairs or []:
         if "=" not in pair:
             raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
         key, raw = pair.split("=", 1)
-        node = out
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        if not all(parts):
+            raise ConfigError(f"--set {pair!r}: empty part in key {key.strip()!r}")
+        node = out
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
-    return out
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {pair!r}: {'.'.join(parts[:i + 1])!r} is already set to a value")
+        node[parts[-1]] = _safe_yaml(raw, f"--set {key.strip()}")
+    return absolutize_paths(out, Path.cwd() if base is None else base, "--set")
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -174,31 +219,72 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
+    """A YAML mapping from `path` (an empty file gives {}); ConfigError naming the file otherwise."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
-        raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
-    try:
-        data = yaml.safe_load(text)  # safe loading only: configs are untrusted input
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from None
-    return data or {}
+        raise ConfigError(f"{path}: cannot read config ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        line = err.object.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text at line {line}: {err.reason}") from None
+    data = _safe_yaml(text, str(path))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level: expected a mapping of keys, got {type(data).__name__}")
+    return data
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
-    path = Path(path).resolve()
-    raw = deep_merge(read_yaml(path), parse_overrides(overrides))
+    try:
+        path = Path(path).resolve()
+    except (OSError, ValueError, RuntimeError) as err:  # NUL byte, symlink loop
+        raise ConfigError(f"{short_repr(str(path))}: not a usable config path ({err})") from None
+    raw = absolutize_paths(read_yaml(path), path.parent, str(path))
+    raw = deep_merge(raw, parse_overrides(overrides))
     cfg = from_dict(ExperimentConfig, raw, source=str(path))
     return resolve_paths(cfg, path.parent, source=str(path))
+
+
+def _resolve_path(key: str, value: str, base: Path, source: str) -> str:
+    """One PATH_KEYS value made absolute against `base` (URIs other than relative sqlite kept)."""
+    if "\x00" in value:
+        raise ConfigError(f"{source}: key {key!r}: a path cannot contain a NUL byte")
+    try:
+        if key == "tracking.tracking_uri":  # a relative sqlite file would be created in each worker's cwd
+            m = _RELATIVE_SQLITE.fullmatch(value)
+            return f"sqlite:///{(base / m.group(1)).resolve()}" if m else value
+        if key == "ray.storage_path" and _URI.match(value):
+            return value
+        return str((base / os.path.expanduser(value)).resolve())
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop
+        raise ConfigError(f"{source}: key {key!r}: cannot resolve {short_repr(value)} ({err})") from None
+
+
+def absolutize_paths(raw: dict, base: Path, source: str) -> dict:
+    """Make the PATH_KEYS of a raw (unvalidated) config dict absolute against `base`.
+    Values of the wrong type are left for from_dict to report."""
+    out = raw
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        node = raw.get(section) if isinstance(raw, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(name), str) and node[name]:
+            out = deep_merge(out, {section: {name: _resolve_path(key, node[name], base, source)}})
+    return out
 
 
 def resolve_paths(cfg: ExperimentConfig, base: Path, source: str = "<config>") -> ExperimentConfig:
     if not cfg.data.path:
         raise ConfigError(f"{source}: key 'data.path' is required (a dataset directory)")
-    cfg.data.path = str((base / os.path.expanduser(cfg.data.path)).resolve())
-    if cfg.ray.storage_path and "://" not in cfg.ray.storage_path:
-        cfg.ray.storage_path = str((base / os.path.expanduser(cfg.ray.storage_path)).resolve())
+    if cfg.name in ("", ".", "..") or any(c in cfg.name for c in "/\\\x00"):  # it names a run directory
+        raise ConfigError(f"{source}: key 'name' must be a plain run name (no '/', not '.' or '..'), "
+                          f"got {short_repr(cfg.name)}")
+    cfg.data.path = _resolve_path("data.path", cfg.data.path, base, source)
+    if cfg.ray.storage_path:
+        cfg.ray.storage_path = _resolve_path("ray.storage_path", cfg.ray.storage_path, base, source)
+    if cfg.tracking.tracking_uri:
+        cfg.tracking.tracking_uri = _resolve_path("tracking.tracking_uri", cfg.tracking.tracking_uri, base, source)
     for name, value in (("precision", cfg.precision), ("device", cfg.device)):
         allowed = {"precision": ("fp32", "bf16"), "device": ("auto", "cpu", "cuda")}[name]
         if value not in allowed:
