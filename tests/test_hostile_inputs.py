@@ -843,8 +843,11 @@ def test_local_ray_runtime_binds_loopback(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda *a, **kw: seen.update(kw))
-    for key in ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "GLIBC_TUNABLES"):  # init_ray exports these
-        monkeypatch.setenv(key, os.environ.get(key, ""))
-    init_ray(ExperimentConfig())
+    saved = dict(os.environ)  # init_ray exports its settings (and the runtime's address) for workers
+    try:
+        init_ray(ExperimentConfig())
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     assert seen["_node_ip_address"] == "127.0.0.1" and seen["dashboard_host"] == "127.0.0.1"
     assert seen.get("address") == "local"
