@@ -38,6 +38,10 @@ def head_node(tmp_path):
         str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
         f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
         "--include-dashboard=true", f"--ray-client-server-port={free_port()}",
+        # Other Ray runtimes may be up on this machine (the test session's own): never
+        # share their default agent/metrics ports, or the job agent cannot bind.
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
     ]  # fmt: skip
     log = open(tmp_path / "head.log", "wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -76,12 +80,19 @@ def test_ray_job_submit_runs_pretraining_and_logs_to_mlflow(tmp_path, head_node,
     )
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server, "MSCLR_HOME": str(msclr_home)}}
     job_id = f"msclr-test-{secrets.token_hex(4)}"  # our own id: no parsing of coloured CLI output
-    submit = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait", "--working-dir", str(REPO),
-         "--submission-id", job_id,
-         "--runtime-env-json", json.dumps(runtime_env), "--", "msclr", "pretrain", str(cfg), "--no-eval"],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    # Right after start the dashboard may answer while its job agent is still coming up:
+    # Ray says "No available agent to submit job, please try again later", so we do.
+    deadline = time.monotonic() + 180
+    while True:
+        submit = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait", "--working-dir", str(REPO),
+             "--submission-id", job_id,
+             "--runtime-env-json", json.dumps(runtime_env), "--", "msclr", "pretrain", str(cfg), "--no-eval"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if submit.returncode == 0 or "No available agent" not in submit.stdout + submit.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(5)
     assert submit.returncode == 0, submit.stdout + submit.stderr
     deadline = time.monotonic() + 600
     status = ""
