@@ -18,3 +18,21 @@ def emit_report(args, report: dict, summary: str) -> None:
 
         atomic_write_text(args.out, text + "\n")
     print(text if args.json else summary)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    Linux's VmHWM, not getrusage's ru_maxrss: ru_maxrss survives execve, so a command
+    started from a big process (a 2 GB pytest session, a notebook) would report the
+    parent's peak instead of its own."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KB on Linux

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import emit_report
+from . import emit_report, peak_rss_mb
 
 OFFICIAL_FILES_PER_S, OFFICIAL_FRAMES_PER_S = 17.6, 2176.0  # AimCLR read_xyz, 2-core dev machine
 
@@ -64,7 +64,7 @@ def main(args) -> int:
         s_sec, _, _, _ = _time_reader(lambda f: ntu._read_strict(str(f), f.read_bytes()).n_frames, files)
         report["strict_files_per_s"] = round(len(files) / s_sec, 1)
         report["ratio_vs_strict_in_run"] = round(s_sec / seconds, 2)
-    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    report["peak_rss_mb"] = peak_rss_mb()
     emit_report(args, report, f"{report['files']} files, {report['frames']} frames in {seconds:.2f} s on one core: "
                 f"{report['files_per_s']} files/s, {report['frames_per_s']} frames/s "
                 f"({report['ratio']}x the official {OFFICIAL_FILES_PER_S} files/s; {report['cpu_files_per_s']} files/s of CPU time "

@@ -28,8 +28,10 @@ def _peak_rss_mb() -> dict:
     """Peak resident memory of this process and of the largest worker process (MB, Linux)."""
     import resource
 
-    mb = lambda who: round(resource.getrusage(who).ru_maxrss / 1024, 1)  # noqa: E731
-    return {"peak_rss_mb": mb(resource.RUSAGE_SELF), "workers_peak_rss_mb": mb(resource.RUSAGE_CHILDREN)}
+    from . import peak_rss_mb
+
+    children = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+    return {"peak_rss_mb": peak_rss_mb(), "workers_peak_rss_mb": children}
 
 
 def main(args) -> int:
