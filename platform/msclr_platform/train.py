@@ -101,7 +101,8 @@ def write_checkpoint(target: Path, data: bytes, midway=None) -> None:
 
 
 def load_state(path: Path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=False)
+    # weights_only: checkpoints may live on shared storage; loading one must never run code.
+    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 @dataclass(frozen=True)
