@@ -777,34 +777,22 @@ def _sweep_bug(sweep_base, search: str, extra: str = "") -> None:
 
     count_hostile("sweep yaml")
     path = sweep_base / "bug.yaml"
-    path.write_text(f"name: s\nbase: base.yaml\nsearch:\n  {search}\n{extra}")
+    name = "" if extra.startswith("name:") else "name: s\n"
+    path.write_text(f"{name}base: base.yaml\nsearch:\n  {search}\n{extra}")
     with pytest.raises(MsclrError) as err:
         load_sweep(path)
     assert str(path) in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="sweep.py _candidates unpacks randint args unchecked: TypeError instead of ConfigError")
-def test_sweep_randint_needs_two_ints(sweep_base):
-    _sweep_bug(sweep_base, "optim.epochs: {randint: 5}")
-
-
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="sweep.py _candidates: randint with float bounds reaches range(): TypeError")
-def test_sweep_randint_float_bounds(sweep_base):
-    _sweep_bug(sweep_base, "optim.epochs: {randint: [1.5, 3]}")
-
-
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="sweep.py _nest calls key.split on a non-string YAML key: AttributeError")
-def test_sweep_non_string_search_key(sweep_base):
-    _sweep_bug(sweep_base, "1: {choice: [1]}")
-
-
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="sweep.py _nest (overrides) calls key.split on a non-string YAML key: AttributeError")
-def test_sweep_non_string_override_key(sweep_base):
-    _sweep_bug(sweep_base, "optim.lr: {choice: [0.1]}", "overrides: {1: 2}\n")
+@pytest.mark.parametrize("search, extra", [
+    ("optim.epochs: {randint: 5}", ""),                 # randint needs [low, high)
+    ("optim.epochs: {randint: [1.5, 3]}", ""),          # ... of integers
+    ("1: {choice: [1]}", ""),                           # search keys are dotted names
+    ("optim.lr: {choice: [0.1]}", "overrides: {1: 2}\n"),
+    ("optim.lr: {choice: [0.1]}", "name: ../escape\n"),  # the name becomes a directory
+])  # fmt: skip
+def test_malformed_sweep_fields_are_config_errors(sweep_base, search, extra):
+    _sweep_bug(sweep_base, search, extra)
 
 
 # ----------------------------------------------------------------------------- safe defaults

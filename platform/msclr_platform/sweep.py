@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import itertools
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,8 @@ def _candidates(key: str, dist: dict, source: str) -> list | None:
             raise ConfigError(f"{source}: key 'search.{key}.{kind}': expected a non-empty list")
         return arg
     if kind == "randint":
+        if not (isinstance(arg, list) and len(arg) == 2 and all(type(v) is int for v in arg) and arg[0] < arg[1]):
+            raise ConfigError(f"{source}: key 'search.{key}.randint': expected [low, high) with integers low < high")
         lo, hi = arg
         return list(range(lo, hi)) if hi - lo <= 64 else [lo, hi - 1]
     if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) for v in arg)):
@@ -100,6 +103,12 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     path = Path(path).resolve()
     source = str(path)
     spec = from_dict(SweepSpec, read_yaml(path), source=source)
+    for section in ("search", "overrides"):
+        bad = [k for k in getattr(spec, section) if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"{source}: key '{section}': keys must be dotted config names, got {bad[0]!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", spec.name) or ".." in spec.name:
+        raise ConfigError(f"{source}: key 'name': {spec.name!r} must be letters, digits, '_', '.', '-' (it names directories)")
     if not spec.base:
         raise ConfigError(f"{source}: key 'base' is required (an experiment YAML)")
     base_cfg = load_config(path.parent / spec.base)
