@@ -1,12 +1,6 @@
 """Raw NTU RGB+D `.skeleton` files -> the msclr dataset format.
 
-File format (one value list per line, single spaces):
-    numFrame
-    per frame:  numBody
-      per body: bodyID clipedEdges handLeftConfidence handLeftState handRightConfidence
-                handRightState isResticted leanX leanY trackingState        (10 values)
-                numJoint                                                     (25)
-                25 × "x y z depthX depthY colorX colorY oriW oriX oriY oriZ trackingState"
+The file format is described in `ntu_reader.py`.
 
 Reading: `ntu_reader.parse_skeleton` (a vectorised fast path over the raw bytes with a strict
 line parser as fallback, bit-identical results; malformed files raise SkeletonFormatError
