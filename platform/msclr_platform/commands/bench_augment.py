@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import emit_report
+from . import emit_report, keep_freed_memory
 
 OFFICIAL_SAMPLES_PER_S = 595.0  # AimCLR Feeder_triple, 3 views, one process, 2-core dev machine
 CLIP_SHAPE = (3, 50, 25, 2)  # C, T, V, M of NTU clips
@@ -34,20 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep glibc's default heap trimming (see the module docstring)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--out", help="also write the JSON to this file (atomically)")
-
-
-def _keep_freed_memory() -> bool:
-    """Stop glibc from returning freed heap memory to the kernel (True if it applied)."""
-    import ctypes
-    import ctypes.util
-
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        # 32 MiB is glibc's largest mmap threshold on 64-bit: batch tensors come from the heap.
-        return bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) and libc.mallopt(M_MMAP_THRESHOLD, 32 << 20))
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
-        return False
 
 
 def _time_views(x, gen, seconds: float, sync) -> tuple[int, float]:
@@ -83,7 +69,7 @@ def main(args) -> int:
         raise ConfigError(f"--device {args.device!r}: CUDA is not available on this machine")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    malloc_tuned = False if args.no_malloc_tuning else _keep_freed_memory()
+    malloc_tuned = False if args.no_malloc_tuning else keep_freed_memory()
     torch.set_num_threads(args.threads)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     # Clips of NTU scale (metres, about a body size), kept on the device like a GPU-resident dataset.

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import emit_report
-from .bench_augment import _keep_freed_memory as keep_freed_memory
+from . import emit_report, keep_freed_memory
 
 OFFICIAL_SAMPLES_PER_S = 1137.0  # official AimCLR pretraining loop end to end, fp32, batch 128, H200
 T, M, C = 50, 2, 3  # frames, persons, coordinates of NTU clips
