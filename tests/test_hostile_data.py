@@ -219,7 +219,8 @@ def cmu_arrays(real_mocap_dir):
     return arrays
 
 
-NPZ_EDITS = ["nan_pos", "huge_pos", "inf_pos", "bad_start", "bad_length", "short_labels", "drop_key", "pos_shape"]
+NPZ_EDITS = ["nan_pos", "huge_pos", "inf_pos", "bad_start", "bad_length", "short_labels", "drop_key", "pos_shape",
+             "drop_group_len", "bad_group_len", "bad_index"]
 
 
 @settings(max_examples=60, **SETTINGS)
@@ -238,6 +239,12 @@ def test_hostile_real_mocap_npz(tmp_path, cmu_arrays, edit, k, value):
         a["label"] = a["label"][:-1]
     elif edit == "drop_key":
         del a[sorted(a)[k % len(a)]]
+    elif edit == "drop_group_len":  # the NTU-25 map's index without its group lengths
+        del a["ntu25_group_len"]
+    elif edit in ("bad_group_len", "bad_index"):
+        key = "ntu25_group_len" if edit == "bad_group_len" else "ntu25_index"
+        a[key] = a[key].astype(np.int64)  # (stored as int8/int16)
+        a[key][k % len(a[key])] = value
     else:
         a["pos"] = pos[:, :-1]
     src = tmp_path / "hostile.npz"
@@ -251,3 +258,22 @@ def test_hostile_real_mocap_npz(tmp_path, cmu_arrays, edit, k, value):
         return
     x = ds.load("ntu-rgb+d")
     assert x.shape == (len(a["start"]), 3, 8, 25, 2) and np.isfinite(x).all()
+
+
+@pytest.mark.parametrize("edit", ["drop_group_len", "bad_group_len", "bad_index"])
+def test_broken_ntu25_map_is_a_data_error(tmp_path, cmu_arrays, edit):
+    """The file's own NTU-25 map, broken: a DataError naming the file and the key (was a KeyError
+    or IndexError from deep inside the import)."""
+    a = {key: v.copy() for key, v in cmu_arrays.items()}
+    if edit == "drop_group_len":
+        del a["ntu25_group_len"]
+    elif edit == "bad_group_len":
+        a["ntu25_group_len"][3] = 0
+    else:
+        a["ntu25_index"][0] = len(a["joint_names"])
+    src = tmp_path / "broken.npz"
+    np.savez(src, **a)
+    with pytest.raises(DataError) as err:
+        mocap.import_real_mocap_npz(src, tmp_path / "out", conventions=("ntu-rgb+d",), T=8)
+    assert str(src) in str(err.value) and err.value.field in ("ntu25_group_len", "ntu25_index")
+    assert not (tmp_path / "out").exists()

@@ -201,7 +201,7 @@ def test_name_maps_agree_with_the_files_ntu_map(real_mocap_dir):
         names = [str(n) for n in d["joint_names"]]
         assert mocap.skeleton_kind(names) == kind
         ours = mocap.map_weights(names, mocap.JOINT_MAPS[kind]["ntu-rgb+d"])
-        theirs = mocap.map_weights(names, mocap._file_ntu_map(d, names))
+        theirs = mocap.map_weights(names, mocap._file_ntu_map(d, names, real_mocap_dir / fname))
         np.testing.assert_allclose(ours, theirs)
 
 

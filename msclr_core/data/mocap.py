@@ -29,10 +29,18 @@ __all__ = ["JOINT_MAPS", "UNITS_M", "MocapClip", "import_real_mocap_npz", "map_t
 _NPZ_KEYS = ("pos", "start", "length", "label", "label_names", "clip_names", "joint_names", "parents", "fps")
 
 
-def _file_ntu_map(d, joint_names) -> list[tuple[str, ...]]:
+def _file_ntu_map(d, joint_names, path) -> list[tuple[str, ...]]:
     # The file's own NTU-25 map: NTU joint i = mean of native joints index[cum[i]:cum[i+1]].
-    cum = np.concatenate([[0], np.cumsum(d["ntu25_group_len"])])
-    return [tuple(joint_names[j] for j in d["ntu25_index"][cum[i]:cum[i + 1]]) for i in range(len(cum) - 1)]
+    if "ntu25_group_len" not in d.files:
+        raise DataError("ntu25_index needs ntu25_group_len", path=path, field="ntu25_group_len")
+    index, group_len = d["ntu25_index"].astype(np.int64), d["ntu25_group_len"].astype(np.int64)
+    if group_len.shape != (25,) or (group_len < 1).any() or group_len.sum() != len(index):
+        raise DataError(f"expected 25 group lengths >= 1 summing to len(ntu25_index) = {len(index)}",
+                        path=path, field="ntu25_group_len")
+    if index.ndim != 1 or ((index < 0) | (index >= len(joint_names))).any():
+        raise DataError(f"joint indices must lie in [0, {len(joint_names)})", path=path, field="ntu25_index")
+    cum = np.concatenate([[0], np.cumsum(group_len)])
+    return [tuple(joint_names[j] for j in index[cum[i]:cum[i + 1]]) for i in range(len(cum) - 1)]
 
 
 def normalize_clip(x: np.ndarray, conv, T: int = 50) -> np.ndarray:
@@ -104,7 +112,7 @@ def import_real_mocap_npz(npz_path, out_dir, conventions=("ntu-rgb+d", "h36m_17"
     skeleton_kind(joint_names)  # fail early when no joint map fits this skeleton
     arrays = {}
     for conv in conventions:
-        name_map = _file_ntu_map(d, joint_names) if conv == "ntu-rgb+d" and "ntu25_index" in d.files else None
+        name_map = _file_ntu_map(d, joint_names, npz_path) if conv == "ntu-rgb+d" and "ntu25_index" in d.files else None
         out = np.zeros((n, 3, T, get_convention(conv).num_joints, persons), np.float32)
         for k in range(n):
             clip = MocapClip(joint_names, d["parents"], pos[start[k]:start[k] + length[k]], float(d["fps"]))
