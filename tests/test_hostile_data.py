@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from test_mocap import AMC, ASF, BVH
 from test_ntu import skeleton_text
 
-from msclr_core.data import mocap, ntu, ntu_reader
+from msclr_core.data import mocap, ntu, ntu_reader, skeleton_scan
 from msclr_core.errors import DataError, MsclrError
 
 pytestmark = pytest.mark.faults
@@ -116,6 +116,13 @@ def test_hostile_skeleton(tmp_path, data):
         assert fast.frame_of.tolist() == strict.frame_of.tolist() and fast.ids.tolist() == strict.ids.tolist()
         assert fast.n_frames == strict.n_frames
         np.testing.assert_array_equal(fast.xyz, strict.xyz)
+    scanned = skeleton_scan.scan(data)
+    if scanned is not None:  # nor does the C scanner
+        assert strict is not None, data[:200]
+        frame_of, ids, xyz, n_frames = scanned
+        assert frame_of.tolist() == strict.frame_of.tolist() and ids.tolist() == strict.ids.tolist()
+        assert n_frames == strict.n_frames
+        np.testing.assert_array_equal(xyz, strict.xyz)
     try:
         sk = ntu.read_skeleton(path)
     except MsclrError as err:
@@ -160,6 +167,15 @@ def test_hostile_skeleton_token_syntax(tmp_path, token, field, joint):
         assert fast is not None, token
         if field < 3:
             assert fast.xyz[0, joint, field] == want and np.signbit(fast.xyz[0, joint, field]) == np.signbit(want)
+    # The C scanner: a plain literal is read as float() reads it; anything else goes to the slower paths.
+    scanned = skeleton_scan.scan(data)
+    if scanned is not None:
+        assert want is not None and b" " not in token, token
+        if field < 3:
+            value = scanned[2][0, joint, field]
+            assert value == want and np.signbit(value) == np.signbit(want), token
+    elif want is not None and re.fullmatch(rb"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", token) and len(token) < 64:
+        assert skeleton_scan.scanner() is None, token  # a plain literal: only refused without the scanner
 
 
 # ----------------------------------------------------------------------------- BVH

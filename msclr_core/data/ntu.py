@@ -2,9 +2,9 @@
 
 The file format is described in `ntu_reader.py`.
 
-Reading: `ntu_reader.parse_skeleton` (a vectorised fast path over the raw bytes with a strict
-line parser as fallback, bit-identical results; malformed files raise SkeletonFormatError
-naming the file, the 1-based LINE and the field).
+Reading: `ntu_reader.parse_skeleton` (an optional C scanner, then a vectorised numpy fast path
+over the raw bytes, then a strict line parser; bit-identical results; malformed files raise
+SkeletonFormatError naming the file, the 1-based LINE and the field).
 
 Bodies: each distinct bodyID (in order of first appearance) gets a slot; joints with a
 non-finite coordinate are zeroed (treated as untracked, counted in `nan_joints`). `to_clip`
@@ -100,11 +100,12 @@ def _slots(frame_of: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, list[int]
     """Slot of every body record and each slot's bodyID: one slot per (bodyID, repeat within
     its frame), numbered by first appearance."""
     uniq, first, slot = np.unique(ids, return_index=True, return_inverse=True)
-    if len(np.unique(frame_of * len(uniq) + slot)) == len(ids):  # no bodyID twice in a frame: one slot per ID
+    slot = slot.reshape(-1)
+    if not len(ids) or np.bincount(frame_of * len(uniq) + slot).max() == 1:  # no bodyID twice in a frame: one slot per ID
         order = np.argsort(first, kind="stable")
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
-        return rank[slot.reshape(-1)], uniq[order].tolist()
+        return rank[slot], uniq[order].tolist()
     slots: dict[tuple[int, int], int] = {}
     slot_of, seen, last_frame = [], {}, -1
     for f, body in zip(frame_of.tolist(), ids.tolist()):
@@ -122,8 +123,10 @@ def _assemble(path, raw: RawSkeleton) -> SkeletonFile:
     present = np.zeros((raw.n_frames, len(body_ids)), bool)
     with np.errstate(over="ignore"):  # beyond float32: inf, zeroed below like NaN
         xyz = raw.xyz.astype(np.float32)
-    bad = ~np.isfinite(xyz).all(axis=-1)
-    xyz[bad] = 0.0
+    bad = np.zeros(xyz.shape[:2], bool)
+    if not np.isfinite(xyz).all():  # (one reduction over everything first: the common case)
+        bad = ~np.isfinite(xyz).all(axis=-1)
+        xyz[bad] = 0.0
     out[raw.frame_of, slot_of] = xyz
     present[raw.frame_of, slot_of] = True
     return SkeletonFile(path, out, present, body_ids, int(bad.sum()))

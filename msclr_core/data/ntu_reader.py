@@ -1,7 +1,9 @@
-"""Parsing raw NTU RGB+D `.skeleton` text: a vectorised fast path and a strict line parser.
+"""Parsing raw NTU RGB+D `.skeleton` text: an optional C scanner, a vectorised numpy fast path
+and a strict line parser, tried in that order.
 
-Both return the same `RawSkeleton` (body records in file order), bit for bit; `ntu.py` turns
-it into per-body arrays. File format (one value list per line):
+All three return the same `RawSkeleton` (body records in file order), bit for bit; `ntu.py`
+turns it into per-body arrays. The C scanner (`skeleton_scan.py`, compiled on first use when
+a C compiler exists) is ~3x faster than the numpy path; both hand anything unusual on. File format (one value list per line):
     numFrame
     per frame:  numBody
       per body: bodyID clipedEdges handLeftConfidence handLeftState handRightConfidence
@@ -15,11 +17,13 @@ Fast path (`_read_fast`), all numpy over the raw bytes, no per-line Python:
    only accepts files the strict parser accepts, and reads them identically;
 2. the line structure comes from newline/space positions (a line's number of values tells
    its kind), counts and body IDs are decoded as exact int64 (IDs have 17 digits);
-3. only x, y, z are converted: digits -> an exact integer mantissa, then one division by a
+3. only x, y, z are converted: each token's 16-byte window (two unaligned 64-bit words) ->
+   an exact integer mantissa by SIMD-within-a-word digit joins, then one division by a
    power of ten, which is correctly rounded (Clinger's fast path), i.e. the same double as
-   float(text). Tokens outside that path (exponent, mantissa >= 2^52) use float() one by one.
-Byte-wide work is two vector passes and one np.flatnonzero (in blocks); everything after
-runs on the ~3x shorter sequence of non-digit bytes, in work buffers kept between files.
+   float(text). Tokens outside that path (exponent, mantissa >= 2^52, longer than 16 bytes)
+   use float() one by one.
+Byte-wide work is two vector passes and one np.flatnonzero; everything after runs on the ~3x
+shorter sequence of non-digit bytes, mostly in work buffers kept between files.
 Anything else (NaN, tabs, double spaces, bad counts, truncation) raises _NotFast and the
 strict parser either reads the file or raises SkeletonFormatError with the 1-based line.
 """
@@ -31,17 +35,30 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from msclr_core.errors import DataError
+
+from . import skeleton_scan
 
 NUM_JOINTS, INFO_FIELDS, JOINT_FIELDS = 25, 10, 12
 _BODY_LINES = 2 + NUM_JOINTS  # info line, numJoint line, joint lines
 _IPOW10 = 10 ** np.arange(19, dtype=np.int64)
-_FPOW10 = 10.0 ** np.arange(23)  # exact doubles (10^22 is the largest exact power)
-_MAX_TOKEN = 22  # longer xyz tokens go to the strict parser
+_FPOW10 = np.append(10.0 ** np.arange(23), 1.0)  # exact doubles (10^22 the largest); [23]: no point
+_FPOW10_NEXT = np.append(10.0 ** np.arange(1, 24), np.inf)  # 10^(frac+1); no point: int_part 0
+
+
+def _token_masks() -> np.ndarray:
+    """(2, 18) uint64: for a token of length n (17: longer) right-aligned in a 16-byte window,
+    the bytes of the window's first and second word that belong to it (0xFF) or not (0)."""
+    masks = np.zeros((18, 16), np.uint8)
+    for n in range(17):
+        masks[n, 16 - n:] = 0xFF
+    return np.ascontiguousarray(masks.view(np.uint64).T)
+
+
+_MASK = _token_masks()
+_BYTE_RANKS = np.uint64(0x0706050403020100)
 _ZERO = np.zeros(1, np.int64)
-_SIGN = np.array([1.0, -1.0])
 
 # Byte classes for the fast path: digits are 0 so np.flatnonzero finds everything else. The
 # table also reads bytes with bit 7 set (the byte before is a non-digit too): class | 64.
@@ -103,6 +120,11 @@ class _NotFast(Exception):
 
 
 def parse_skeleton(path: str, data: bytes) -> RawSkeleton:
+    """C scanner if compiled (skeleton_scan.py), else the numpy fast path; the strict parser
+    for anything either cannot vouch for. All three give the same result, bit for bit."""
+    scanned = skeleton_scan.scan(data)
+    if scanned is not None:
+        return RawSkeleton(*scanned)
     try:
         return _read_fast(data)
     except _NotFast:
@@ -127,21 +149,6 @@ class _Work(threading.local):
             buf = self.bufs[name] = np.empty(size + size // 4, dtype)
         return buf[:size].reshape(shape)
 
-    def select(self, name: str, mask: np.ndarray, values: np.ndarray | None = None,
-               block: int = 1 << 16) -> np.ndarray:
-        """values[mask] (positions when values is None) into a work buffer, one block at a
-        time: a single np.flatnonzero / np.compress would allocate 8 bytes per hit (MBs)."""
-        out = self(name, int(np.count_nonzero(mask)), np.int64 if values is None else values.dtype)
-        k = 0
-        for lo in range(0, len(mask), block):
-            hits = np.flatnonzero(mask[lo:lo + block])
-            if values is None:
-                np.add(hits, lo, out=out[k:k + len(hits)])
-            else:
-                np.take(values[lo:lo + block], hits, out=out[k:k + len(hits)])
-            k += len(hits)
-        return out
-
 
 _WORK = _Work()
 
@@ -160,7 +167,7 @@ def _non_digits(data: bytes, w: _Work) -> tuple[np.ndarray, np.ndarray, int]:
         raise _NotFast
     a = np.frombuffer(data, np.uint8, count=size)
     is_non_digit = np.greater_equal(np.subtract(a, 48, out=w("digit", size)), 10, out=w("is_non_digit", size, bool))
-    pos = w.select("pos", is_non_digit)
+    pos = np.flatnonzero(is_non_digit)
     if not len(pos):
         raise _NotFast  # one number, no newline: not a file of frames
     # Each byte with bit 7 set when the byte before is a non-digit (a newline before the text):
@@ -210,45 +217,80 @@ def _ints(a: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
     return np.add.reduceat(d * _IPOW10[place], off)
 
 
-def _floats(a: np.ndarray, s: np.ndarray, e: np.ndarray, has_exp: bool, w: _Work) -> np.ndarray:
-    """float(token) for the byte ranges [s, e) of `a` (valid float literals, each at least
-    _MAX_TOKEN bytes from the start), exactly, without a Python loop over them.
+def _floats(data: bytes, s: np.ndarray, e: np.ndarray, has_exp: bool, w: _Work) -> np.ndarray:
+    """float(token) for the byte ranges [s, e) of `data` (valid float literals, each ending at
+    least 16 bytes into the data), exactly, without a Python loop over them.
 
-    The tokens are laid out right-aligned as the columns of a (width, N) byte matrix (row j =
-    the j-th byte of each window, so every operation runs along N). Digit values times
-    10^(width-1-j) sum to A, in which the point counts as a digit 0. With `frac` digits after
-    the point, A = int_part·10^(frac+1) + fraction digits, so int_part = floor(A / 10^(frac+1))
-    and the mantissa is A - 9·int_part·10^frac: all exact integers while A < 2^52. One division
-    by 10^frac is then correctly rounded: the same double as float(text)."""
+    Each token is read as the 16-byte window that ends with it: two unaligned 64-bit words in
+    one gather, masked to the token by its length. Digit values are combined in SIMD-within-a-
+    word steps (byte pairs -> 2-digit numbers in 16-bit lanes -> 4 digits -> 8 -> 16) into A,
+    in which the point counts as a digit 0. With `frac` digits after the point, A = int_part ·
+    10^(frac+1) + fraction digits, so int_part = floor(A / 10^(frac+1)) and the mantissa is
+    A - 9·int_part·10^frac: exact integers in float64 while A < 2^52. One division by 10^frac is
+    then correctly rounded: the same double as float(text). Longer tokens, exponents and
+    mantissas of 2^52 or more use float() one by one (rare)."""
     n = e - s
-    width = int(n.max()) if len(n) else 1
-    if width > _MAX_TOKEN or (len(e) and e.min() < width):
+    if not len(n):
+        return np.zeros(0)
+    if e.min() < 16:
         raise _NotFast
-    shape, col = (width, len(n)), np.arange(width, dtype=np.uint8)[:, None]
-    chars = w("chars", shape)
-    chars[...] = sliding_window_view(a, width)[e - width].T
-    inside = np.greater_equal(col, width - n, out=w("inside", shape, bool))
-    point = np.equal(chars, 46, out=w("point", shape, bool))
+    words = np.ndarray((len(data) - 7,), np.uint64, buffer=data, strides=(1,))  # a word at every byte
+    idx = w("idx", (len(n), 2), np.int64)
+    np.subtract(e, 16, out=idx[:, 0])
+    np.subtract(e, 8, out=idx[:, 1])
+    window = words[idx]  # (np.take is several times slower on this unaligned view)
+    length = np.minimum(n, 17)
+    inside = w("inside", (len(n), 2), np.uint64)
+    np.take(_MASK[0], length, out=inside[:, 0])
+    np.take(_MASK[1], length, out=inside[:, 1])
+    chars = window.view(np.uint8)  # (N, 16) in memory order, token right-aligned
+    digit = np.subtract(chars, 48, out=w("digit", chars.shape))
+    digit *= np.less(digit, 10, out=w("is_digit", chars.shape, bool))
+    digit.view(np.uint64)[...] &= inside
+    flags = w("flags", chars.shape, bool)
+    point = np.equal(chars, 46, out=flags).view(np.uint64)  # 0x01 in the point's byte
     point &= inside
-    has_point = point.any(axis=0)
-    frac = width - 1 - np.multiply(point, col, out=w("point_col", shape)).sum(axis=0, dtype=np.uint8)
-    digit = np.subtract(chars, 48, out=w("digit", shape))
-    mask = np.less(digit, 10, out=w("mask", shape, bool))
-    mask &= inside
-    digit *= mask
-    value = w("value", shape, np.float64)
-    value[...] = digit
-    big = _FPOW10[width - 1::-1] @ value  # A
-    scale = _FPOW10[frac]
-    int_part = np.floor(big / np.where(has_point, scale * 10.0, np.inf))  # 0 without a point
-    val = (big - 9.0 * int_part * scale) / np.where(has_point, scale, 1.0)
-    val *= _SIGN[(a[s] == 45).view(np.uint8)]  # -1.0 for a leading minus
+    frac = _point_to_frac(point)
+    minus = np.equal(chars, 45, out=flags).view(np.uint64)
+    minus &= inside
+    negative = (minus[:, 0] | minus[:, 1]) != 0
+    # 16 digit bytes -> one number: each step joins neighbouring lanes (little-endian: the
+    # lower lane holds the earlier, more significant digits)
+    lanes = digit.view(np.uint16)
+    for step, (wide, mult, shift) in enumerate(((np.uint32, 10, 8), (np.uint64, 100, 16), (None, 10_000, 32))):
+        mask = (1 << shift) - 1
+        joined = np.bitwise_and(lanes, mask, out=w(f"join{step}", lanes.shape, lanes.dtype))
+        joined *= mult
+        joined += np.right_shift(lanes, shift, out=w(f"high{step}", lanes.shape, lanes.dtype))
+        lanes = joined.view(wide) if wide else joined
+    big = lanes[:, 0].astype(np.float64)  # the first 8 digits, then the last 8: A
+    big *= 1e8
+    big += lanes[:, 1]
+    scale = _FPOW10[frac]  # (frac 23 = no point: table entries 1 and inf)
+    int_part = np.floor(big / _FPOW10_NEXT[frac])
+    val = big - 9.0 * int_part * scale
+    val /= scale
+    val *= 1.0 - 2.0 * negative  # (boolean-mask assignment is 5x slower)
     slow = big > 2.0 ** 52
+    slow |= n > 16
     if has_exp:
-        slow |= (np.equal(chars | 32, 101, out=point) & inside).any(axis=0)
+        exp = np.equal(chars | 32, 101, out=flags).view(np.uint64)
+        exp &= inside
+        slow |= (exp[:, 0] | exp[:, 1]) != 0
     for k in np.flatnonzero(slow):  # exponents, long mantissas: rare
-        val[k] = float(a[s[k]:e[k]].tobytes())
+        val[k] = float(data[s[k]:e[k]])
     return val
+
+
+def _point_to_frac(point: np.ndarray) -> np.ndarray:
+    """Digits after the point from the (N, 2) words with 0x01 in the point's byte (at most one),
+    23 where there is no point. Multiplying a word by 0x0706050403020100 sums byte_i · (7 - i)
+    into its top byte: the digits after a point in that word."""
+    hi, lo = point[:, 0], point[:, 1]
+    frac = np.right_shift(lo * _BYTE_RANKS, 56)
+    frac += np.right_shift(hi * _BYTE_RANKS, 56)
+    frac += np.where(hi != 0, 8, np.where(lo != 0, 0, 23)).astype(np.uint64)
+    return frac.astype(np.intp)
 
 
 def _read_fast(data: bytes) -> RawSkeleton:
@@ -258,14 +300,16 @@ def _read_fast(data: bytes) -> RawSkeleton:
     a = np.frombuffer(data, np.uint8)
     # Lines from the newlines among the non-digits; a line's values = its spaces + 1.
     is_space = np.equal(kind, SP, out=w("is_space", len(kind), bool))
-    spaces = w.select("spaces", is_space, pos)
+    spaces = np.compress(is_space, pos)
     lf = np.flatnonzero(np.equal(kind, LF, out=is_space))  # (few: one index into kind per line)
     nl = pos[lf]
     starts = np.concatenate((_ZERO, nl + 1))
     ends = np.concatenate((nl - (kind[lf - 1] == CR), [size]))  # a CR ends the line's last value
     n_lines = len(starts)
     lo = np.searchsorted(spaces, starts)  # index in `spaces` of each line's first space
-    per_line = np.diff(lo, append=len(spaces))  # values per line − 1 (single spaces)
+    per_line = np.empty_like(lo)  # values per line − 1 (single spaces)
+    np.subtract(lo[1:], lo[:-1], out=per_line[:-1])
+    per_line[-1] = len(spaces) - lo[-1]
     # Line kinds follow from the number of values: 10 = body info, then numJoint, 25 joint lines.
     info = np.flatnonzero(per_line == INFO_FIELDS - 1)
     joints = (info[:, None] + 2 + np.arange(NUM_JOINTS)).ravel()
@@ -296,9 +340,13 @@ def _read_fast(data: bytes) -> RawSkeleton:
     frame_of = np.repeat(np.arange(len(n_bodies)), n_bodies)
     ids = _ints(a, starts[info], spaces[lo[info]])
     # x, y, z = the first three values of each joint line
-    sp = spaces[lo[joints][:, None] + np.arange(3)]  # (joints, 3): the spaces after x, y, z
-    s = np.column_stack((starts[joints], sp[:, :2] + 1)).ravel()
-    xyz = _floats(a, s, sp.ravel(), bool(np.equal(kind, EXP, out=is_space).any()), w)
+    first = lo[joints]
+    s, e = np.empty((len(joints), 3), np.int64), np.empty((len(joints), 3), np.int64)  # x, y, z of each line
+    np.take(starts, joints, out=s[:, 0])
+    for k in range(3):  # (three column copies: broadcasting over a last axis of 3 is slow)
+        np.take(spaces, first + k, out=e[:, k])
+    np.add(e[:, :2], 1, out=s[:, 1:])
+    xyz = _floats(data, s.reshape(-1), e.reshape(-1), bool(np.equal(kind, EXP, out=is_space).any()), w)
     return RawSkeleton(frame_of, ids, xyz.reshape(len(info), NUM_JOINTS, 3), int(counts[0]))
 
 
