@@ -48,6 +48,18 @@ def channel_plan(in_channels: int, hidden_channels: int, hidden_dim: int, num_bl
     return plan
 
 
+class PointwiseConv(nn.Conv2d):
+    """A 1x1 conv computed as one linear layer over the channels-last view: the same parameters
+    (state dicts unchanged) and function. Its weight gradient keeps the weight's layout; a 1x1
+    conv's backward on channels-last input returns it channels-last, and DDP then copied every
+    such gradient into its buckets ("Grad strides do not match bucket view strides")."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.view(self.out_channels, self.in_channels).to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return torch.nn.functional.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
+
+
 class STGCNBlock(nn.Module):
     """gcn (1x1 conv to K*C_out, then sum_k X_k A_k) -> tcn -> + residual -> ReLU.
 
@@ -86,7 +98,7 @@ class STGCNBlock(nn.Module):
             # A 1x1 conv with stride (s, 1) is a 1x1 conv of every s-th frame. Written as
             # frame slicing + stride-1 conv because oneDNN's channels-last backward of the
             # strided 1x1 conv hangs for 4 input channels (torch 2.13 CPU), and it is cheaper.
-            self.residual = nn.Sequential(nn.Conv2d(c_in, c_out, 1), nn.BatchNorm2d(c_out))
+            self.residual = nn.Sequential(PointwiseConv(c_in, c_out, 1), nn.BatchNorm2d(c_out))
         self.relu = nn.ReLU(inplace=True)
 
     def graph_conv(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:

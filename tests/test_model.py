@@ -198,3 +198,16 @@ def test_weight_init_follows_the_spec():
     assert abs(gammas.mean().item() - 1.0) < 0.01 and 0.01 < gammas.std().item() < 0.03
     conv = model.blocks[3].gcn.weight
     assert abs(conv.std().item() - 0.02) < 0.003
+
+
+def test_every_gradient_has_its_parameters_layout():
+    """DDP copies every gradient whose strides differ from its parameter's into its buckets,
+    each step ("Grad strides do not match bucket view strides"). The channels-last blocks must
+    leave every gradient in the parameter's own layout (the strided residual's 1x1 conv did not)."""
+    torch.manual_seed(0)
+    model = UnifiedSTGCN(["ntu-rgb+d", "smpl_24"], hidden_channels=8, hidden_dim=32, num_blocks=4, dropout=0.0)
+    for conv, V in (("ntu-rgb+d", 25), ("smpl_24", 24)):
+        model(torch.randn(4, 3, 16, V, 2), conv, drop=True)[1].sum().backward()
+    mismatched = [(name, p.stride(), p.grad.stride()) for name, p in model.named_parameters()
+                  if p.grad is not None and p.grad.stride() != p.stride()]
+    assert not mismatched, mismatched
