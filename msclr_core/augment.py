@@ -22,7 +22,6 @@ Views: normal_view, extreme_view, aimclr_views. Their knobs live in `AugmentConf
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 import torch

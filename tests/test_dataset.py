@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from msclr_core.data.dataset import DatasetWriter, check_dataset, load_dataset, write_dataset
+from msclr_core.data.dataset import check_dataset, load_dataset
+from msclr_core.data.writer import DatasetWriter, write_dataset
 from msclr_core.errors import DataError
 
 CONV = "ntu-rgb+d"

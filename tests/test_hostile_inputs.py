@@ -30,7 +30,8 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from msclr_core.data.dataset import check_dataset, load_dataset, write_dataset
+from msclr_core.data.dataset import check_dataset, load_dataset
+from msclr_core.data.writer import write_dataset
 from msclr_core.data.importers import import_pyskl, import_skeletonclr
 from msclr_core.data.poses import add_pose_convention
 from msclr_core.data.safe_pickle import restricted_load

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from msclr_core.conventions import get_convention
-from msclr_core.data.dataset import check_dataset, load_dataset, write_dataset
+from msclr_core.data.dataset import check_dataset, load_dataset
+from msclr_core.data.writer import write_dataset
 from msclr_core.data.poses import add_pose_convention, track_persons
 from msclr_core.errors import DataError
 

@@ -122,7 +122,7 @@ def import_skeletonclr(data_paths, label_paths, out_dir, *, classes=None, protoc
     (the raw 300-frame `*_data.npy`) and copies frame-50 `*_position.npy` arrays as they are;
     True always runs it; False always copies.
     """
-    from .dataset import DatasetWriter
+    from .writer import DatasetWriter
     from .preprocess import preprocess_clip
 
     by_conv = _by_convention(data_paths)
@@ -266,7 +266,7 @@ def import_pyskl(pkl_path, out_dir, conv: str = "ntu-rgb+d", *, T: int = 50, per
     then preprocess_clip with `steps` (default only the resize of the valid frames to T;
     add "root_relative"/"rotate" for raw NTU coordinates). Unit: 2D keypoints are "px",
     3D ones "m" (pyskl's NTU 3D and export_pyskl); pass unit="mm" for millimetre data."""
-    from .dataset import write_dataset
+    from .writer import write_dataset
 
     path = Path(pkl_path)
     data = restricted_load(path, allow_numpy=True, field="annotations")

@@ -78,7 +78,7 @@ def import_real_mocap_npz(npz_path, out_dir, conventions=("ntu-rgb+d", "h36m_17"
     test set. ntu-rgb+d uses the file's own ntu25 map; other conventions use JOINT_MAPS.
     """
     from msclr_core.conventions import get_convention
-    from msclr_core.data.dataset import write_dataset
+    from msclr_core.data.writer import write_dataset
     from msclr_core.data.preprocess import preprocess_clip
 
     npz_path = Path(npz_path)

@@ -162,7 +162,7 @@ def build_ntu_dataset(skeleton_dir, out_dir, *, benchmark: str = "ntu60", steps=
     xset120. Without skip_bad the first bad file raises its SkeletonFormatError and nothing
     is written; with it bad files are listed in the report and left out.
     """
-    from .dataset import DatasetWriter
+    from .writer import DatasetWriter
 
     if benchmark not in BENCHMARKS:
         raise DataError(f"unknown benchmark {benchmark!r} (known: {sorted(BENCHMARKS)})", field="benchmark")

@@ -363,7 +363,7 @@ def write_synth_dataset(out_dir, clips: int = 2000, seed: int = 0, conventions=N
     """Generate and write the benchmark as a dataset directory (atomic); returns the Dataset."""
     from pathlib import Path
 
-    from msclr_core.data.dataset import write_dataset
+    from msclr_core.data.writer import write_dataset
 
     if Path(out_dir).exists() and not overwrite:  # fail before spending time on generation
         raise ConfigError(f"out: {out_dir} already exists (pass overwrite=True / --overwrite to replace it)")

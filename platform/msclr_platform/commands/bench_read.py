@@ -74,7 +74,6 @@ def official_algorithm(path, max_body: int = 2, num_joint: int = 25) -> int:
 
 def main(args) -> int:
     import os
-    import resource
     from pathlib import Path
 
     from msclr_core.data import ntu
