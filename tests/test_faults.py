@@ -29,7 +29,8 @@ import torch
 from fault_report import record_fault
 
 from msclr_platform.config import load_config
-from msclr_platform.train import CKPT_FILE, FAULT_ENV, load_state, run_directory
+from msclr_platform.fault_injection import FAULT_ENV
+from msclr_platform.train import CKPT_FILE, load_state, run_directory
 
 pytestmark = pytest.mark.faults
 
@@ -285,7 +286,8 @@ import signal, sys
 from pathlib import Path
 from msclr_core.pretrain import build_model, build_optimizer
 from msclr_platform.config import load_config
-from msclr_platform.train import Fault, FaultInjector, run_directory, save_checkpoint, state_bytes
+from msclr_platform.fault_injection import Fault, FaultInjector
+from msclr_platform.train import run_directory, save_checkpoint, state_bytes
 
 cfg = load_config(sys.argv[1], ["ray.storage_path=" + sys.argv[2]])
 if sys.argv[3] == "handler":  # as Ray's drivers and workers: SIGTERM raises SystemExit
