@@ -211,3 +211,40 @@ def test_every_gradient_has_its_parameters_layout():
     mismatched = [(name, p.stride(), p.grad.stride()) for name, p in model.named_parameters()
                   if p.grad is not None and p.grad.stride() != p.stride()]
     assert not mismatched, mismatched
+
+
+def _official_block(block, x, A):
+    """The official ST-GCN block, written plainly: 1x1 conv to K*C_out, einsum with A over the
+    joints, tcn, + a strided 1x1 conv residual, ReLU (contiguous memory, no reordering)."""
+    n, _, t, v = x.shape
+    y = block.gcn(x).view(n, block.num_subsets, block.c_out, t, v)
+    y = torch.einsum("nkctv,kvw->nctw", y, A)
+    if block.residual is None:
+        res = 0
+    elif isinstance(block.residual, torch.nn.Identity):
+        res = x
+    else:
+        conv, bn = block.residual
+        res = bn(torch.nn.functional.conv2d(x, conv.weight, conv.bias, stride=(block.stride, 1)))
+    return torch.relu(block.tcn(y) + res)
+
+
+@pytest.mark.parametrize("c_in, c_out, stride", [(3, 8, 1), (8, 8, 1), (8, 16, 2), (4, 8, 2)])
+def test_block_computes_the_official_function(c_in, c_out, stride):
+    """The reordered block (graph conv as matmuls in channels-last memory, the strided residual
+    as frame slicing + PointwiseConv) gives the official block's outputs and gradients."""
+    from msclr_core.model import STGCNBlock
+
+    torch.manual_seed(0)
+    block = STGCNBlock(c_in, c_out, stride=stride).double().train()
+    A = torch.as_tensor(adjacency("ntu-rgb+d"), dtype=torch.float64) * (1 + torch.rand(3, 25, 25, dtype=torch.float64))
+    x = torch.randn(4, c_in, 12, 25, dtype=torch.float64)
+    x_ours = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    x_ref = x.clone().requires_grad_()
+    ours, ref = block(x_ours, A), _official_block(block, x_ref, A)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+    grads = torch.randn_like(ref)
+    got = torch.autograd.grad(ours, [x_ours, *block.parameters()], grads)
+    want = torch.autograd.grad(ref, [x_ref, *block.parameters()], grads)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
