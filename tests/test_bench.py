@@ -140,6 +140,9 @@ def test_scaling_config_gives_each_worker_one_cpu(tmp_path):
     assert cfg.ray.num_workers == 2 and cfg.ray.cpus_per_worker == 1.0 and cfg.device == "cpu"
     assert cfg.optim.batch_size == 32 and cfg.optim.epochs == 4 and cfg.ray.checkpoint_every == 4
     assert not cfg.eval.enabled and cfg.tracking.tracking_uri == "http://127.0.0.1:1"
+    weak = parser.parse_args(["--epochs", "4", "--batch-size", "32", "--weak"])
+    cfg = bench_scaling.experiment_config(weak, str(tmp_path), 2, str(tmp_path / "ray"), "http://127.0.0.1:1", "x")
+    assert cfg.optim.batch_size == 64  # weak scaling: 32 clips per worker and step
 
 
 @pytest.mark.slow
@@ -155,6 +158,7 @@ def test_bench_scaling_runs_one_and_two_workers(tmp_path):
     assert report["samples_per_s_1"] > 0 and report["samples_per_s_2"] > 0
     assert report["speedup"] == pytest.approx(report["samples_per_s_2"] / report["samples_per_s_1"], rel=0.01)
     assert report["runs"]["2"]["per_worker_batch"] == 8 and report["runs"]["1"]["per_worker_batch"] == 16
+    assert report["scaling"] == "strong" and report["runs"]["2"]["global_batch_size"] == 16
 
 
 # ---------------------------------------------------------------- CUDA (benchmarks/gpu_check.sh)

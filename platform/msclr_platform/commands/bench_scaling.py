@@ -6,8 +6,10 @@ synthetic benchmark written to a temporary directory. Each worker gets one CPU, 
 torch thread (Ray sets OMP_NUM_THREADS from the worker's CPUs), in every setting, so the
 comparison is about scaling and not about threads.
 
-The global batch (--batch-size) is the same for every worker count (strong scaling: the
-same training, split). Throughput is what the workers report: train_epoch's samples_per_s
+By default the global batch (--batch-size) is the same for every worker count (strong
+scaling: the same training, split). With --weak each worker trains --batch-size clips per
+step (global batch = batch x workers), the usual data-parallel throughput measure: the
+per-worker work, and so its arithmetic efficiency, stays the same. Throughput is what the workers report: train_epoch's samples_per_s
 counts the GLOBAL batch for every step (each rank runs all steps on batch/world clips), so
 rank 0's epoch history already holds the global rate. The first epoch (process start-up,
 allocator, gloo rendezvous) is left out.
@@ -26,7 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
     parser.add_argument("--clips", type=int, default=600, help="synthetic clips in all (the xsub train part trains)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is warm-up")
-    parser.add_argument("--batch-size", type=int, default=64, help="global batch, split over the workers")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="global batch, split over the workers (with --weak: the batch of each worker)")
+    parser.add_argument("--weak", action="store_true",
+                        help="weak scaling: every worker trains --batch-size clips per step")
     parser.add_argument("--conventions", nargs="+", default=["ntu-rgb+d", "smplx_42"])
     # A 1/8-width, 4-block encoder by default: an epoch takes about a minute on one loaded core.
     # --hidden-channels 16 --hidden-dim 256 --num-blocks 10 is the paper's model.
@@ -37,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--out", help="also write the JSON to this file (atomically)")
+
+
+def global_batch(args, workers: int) -> int:
+    return args.batch_size * workers if args.weak else args.batch_size
 
 
 def experiment_config(args, data: str, workers: int, storage: str, tracking_uri: str, name: str):
@@ -52,7 +61,7 @@ def experiment_config(args, data: str, workers: int, storage: str, tracking_uri:
         model=ModelSettings(hidden_channels=args.hidden_channels, hidden_dim=args.hidden_dim,
                             num_blocks=args.num_blocks),
         method=MethodSettings(queue_size=args.queue_size),
-        optim=OptimSettings(epochs=args.epochs, batch_size=args.batch_size),
+        optim=OptimSettings(epochs=args.epochs, batch_size=global_batch(args, workers)),
         seed=args.seed,
         device="cpu",
         eval=EvalConfig(enabled=False),
@@ -123,7 +132,8 @@ def main(args) -> int:
     report["speedup"] = round(runs[last]["samples_per_s"] / runs[first]["samples_per_s"], 3)
     report.update(
         speedup_of=f"{last} vs {first} workers", speedup_target=SPEEDUP_TARGET,
-        runs={str(w): r for w, r in runs.items()}, cpus_per_worker=1, global_batch_size=args.batch_size,
+        runs={str(w): r for w, r in runs.items()}, cpus_per_worker=1, scaling="weak" if args.weak else "strong",
+        global_batch_size=global_batch(args, first),
         epochs=args.epochs, timed_epochs=args.epochs - 1, clips=args.clips, conventions=list(args.conventions),
         hidden_channels=args.hidden_channels, hidden_dim=args.hidden_dim, num_blocks=args.num_blocks,
         queue_size=args.queue_size, cpu_count=os.cpu_count(),
@@ -143,11 +153,13 @@ def _run_all(args, data: str, storage: str, uri: str, stamp: str) -> dict:
         cfg = experiment_config(args, data, workers, storage, uri, f"bench-scaling-{workers}w-{stamp}")
         start = time.perf_counter()
         result = run_pretrain(cfg, quiet=True)
-        rate, samples = steady_samples_per_s(result.history, args.batch_size)
+        batch = global_batch(args, workers)
+        rate, samples = steady_samples_per_s(result.history, batch)
         runs[workers] = {
             "samples_per_s": rate,
             "timed_samples": samples,
-            "per_worker_batch": args.batch_size // workers,
+            "global_batch_size": batch,
+            "per_worker_batch": batch // workers,
             "epoch_samples_per_s": [round(h["samples_per_s"], 2) for h in result.history],
             "final_loss": round(result.history[-1]["loss"], 4),
             "wall_s": round(time.perf_counter() - start, 1),
