@@ -317,3 +317,6 @@ def test_c_scanner_is_built_once_atomically_and_can_be_disabled(tmp_path):
     off = subprocess.run([sys.executable, "-c", probe], env={**env, "MSCLR_NO_C_SCANNER": "1"},
                          capture_output=True, text=True, timeout=300)
     assert off.stdout.startswith("False") and "MSCLR_NO_C_SCANNER" in off.stdout
+    (tmp_path / "cache").chmod(0o777)  # a cache others can write to: never load code from it
+    shared = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert shared.stdout.startswith("False") and "writable by others" in shared.stdout, shared.stdout + shared.stderr

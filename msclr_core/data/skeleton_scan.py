@@ -7,7 +7,8 @@ installing msclr needs no build step. Without a compiler, or with MSCLR_NO_C_SCA
 `scan` returns None and the numpy path does the same job with the same results.
 
 The cache is $MSCLR_CACHE_DIR, else ~/.cache/msclr; the library's name carries a hash of
-the source, so an edited scanner is rebuilt and a stale one never loaded. The build writes a
+the source, so an edited scanner is rebuilt and a stale one never loaded. A cache directory
+or library that another user could have written is never loaded from. The build writes a
 temporary file and renames it: processes starting together never load a half-written one.
 """
 
@@ -72,6 +73,9 @@ def _load():
         finally:
             if tmp and os.path.exists(tmp):
                 os.unlink(tmp)
+    unsafe = _unsafe(cache) or _unsafe(lib)
+    if unsafe:
+        return None, unsafe
     try:
         fn = ctypes.CDLL(str(lib)).msclr_scan_skeleton
     except (OSError, AttributeError) as err:
@@ -80,6 +84,17 @@ def _load():
     fn.restype = ctypes.c_long
     fn.argtypes = [ctypes.c_char_p, ctypes.c_long, ctypes.c_long, pointer, pointer, pointer, pointer]
     return fn, ""
+
+
+def _unsafe(path: Path) -> str:
+    """Why loading code from `path` is unsafe ("" if it is not): another user could have put a
+    library there if it is not ours or is writable by group or others."""
+    if not hasattr(os, "getuid"):
+        return ""
+    st = path.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return f"not loading the C scanner: {path} is not owned by this user or is writable by others"
+    return ""
 
 
 def scan(data: bytes):
