@@ -245,7 +245,8 @@ def test_cli_data_ntu_and_bench_read(tmp_path):
     assert 10 < summary["peak_rss_mb"] < 2000 and summary["workers_peak_rss_mb"] >= 0
     out = _cli("data", "ntu", d, "--out", tmp_path / "ds2", "--workers", 1)
     assert out.returncode == 2 and "line 3" in out.stderr and not (tmp_path / "ds2").exists()
-    bench = _cli("bench", "read", d, "--limit", 3, "--repeat", 2, "--json", "--out", tmp_path / "bench.json")
+    bench = _cli("bench", "read", d, "--limit", 3, "--repeat", 2, "--baseline", 3, "--json", "--out",
+                 tmp_path / "bench.json")  # (the 3 files include the malformed one: the baseline survives it too)
     assert bench.returncode == 0, bench.stderr
     report = json.loads(bench.stdout)
     for key in ("files_per_s", "frames_per_s", "files", "frames", "official_files_per_s", "ratio", "peak_rss_mb",
@@ -253,6 +254,7 @@ def test_cli_data_ntu_and_bench_read(tmp_path):
         assert key in report
     assert report["files"] == 3 and json.loads((tmp_path / "bench.json").read_text()) == report
     assert report["passes"] == 2 and report["files_per_s"] == max(report["passes_files_per_s"])
+    assert report["bad_files"] == 1 and report["baseline_files"] == 3 and report["ratio_in_run"] > 0
 
 
 def test_build_memory_stays_bounded(tmp_path):
