@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from msclr_core.errors import ConfigError, DataError
+from msclr_core.linear_heads import LinearHeads, stack_features
 from msclr_core.streams import STREAMS, to_stream
 
 DEFAULT_STREAM_WEIGHTS = {"joint": 0.6, "bone": 0.6, "motion": 0.4}  # AimCLR / MS-CLR 3s fusion
@@ -212,11 +213,6 @@ def _standardize(train: dict, others: list[dict]) -> tuple[dict, list[dict]]:
     return z(train), [z(d) for d in others]
 
 
-def _logits(heads: dict, feats: dict) -> dict:
-    with torch.no_grad():
-        return {k: heads[k](f) for k, f in feats.items()}
-
-
 def _probe(train: dict, train_y, test: dict, test_y, num_classes: int, *, val, epochs: int, lr: float,
            milestones, momentum: float, weight_decay: float, batch_size: int, eval_every: int,
            seed: int, device, standardize: bool, protocol_extra: dict) -> tuple[ProbeResult, dict]:
@@ -245,40 +241,35 @@ def _probe(train: dict, train_y, test: dict, test_y, num_classes: int, *, val, e
     if standardize:
         train, (test, val_feats) = _standardize(train, [test, val_feats])
 
-    # Head init as the official linear evaluation: weight ~ N(0, 0.01), bias 0. Seeded CPU
-    # generators (one for inits, one for batch order) make results independent of the global
-    # RNG and the device, and give an ensemble's first head the same run as linear_probe alone.
+    # Seeded CPU generators (one for the head inits, one for the batch order) make results
+    # independent of the global RNG and the device, and give an ensemble's first head the same
+    # run as linear_probe alone.
     init_gen, order_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
-    heads = {}
-    for k in keys:
-        head = torch.nn.Linear(train[k].shape[1], num_classes)
-        with torch.no_grad():
-            head.weight.copy_(torch.randn(head.weight.shape, generator=init_gen) * 0.01)
-            head.bias.zero_()
-        heads[k] = head.to(dev)
-    params = [p for h in heads.values() for p in h.parameters()]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    heads = LinearHeads([train[k].shape[1] for k in keys], num_classes, momentum=momentum,
+                        weight_decay=weight_decay, generator=init_gen, device=dev)
+    x_train = stack_features([train[k] for k in keys])  # [K, N, D]
+    x_test = stack_features([test[k] for k in keys])
+    x_val = stack_features([val_feats[k] for k in keys]) if val is not None else None
+    onehot = torch.eye(num_classes, device=dev)[train_y]
+
+    def per_key(x):
+        return dict(zip(keys, heads.logits(x)))
 
     history, best = [], None
     for epoch in range(epochs):
-        for group in opt.param_groups:  # step decay as the official: lr * 0.1^(#milestones passed)
-            group["lr"] = lr * 0.1 ** sum(epoch >= m for m in milestones)
+        epoch_lr = lr * 0.1 ** sum(epoch >= m for m in milestones)  # step decay as the official
         perm = torch.randperm(n, generator=order_gen).to(dev)
         total = torch.zeros((), device=dev)  # summed on device: no host sync per batch
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
-            loss = sum(F.cross_entropy(heads[k](train[k][idx]), train_y[idx]) for k in keys)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach() * len(idx)
+            total += heads.step(x_train[:, idx], onehot[idx], epoch_lr)
         if (epoch + 1) % eval_every and epoch + 1 != epochs:
             continue
-        test_logits = {k: v.cpu() for k, v in _logits(heads, test).items()}
+        test_logits = {k: v.cpu() for k, v in per_key(x_test).items()}
         row = {"epoch": epoch + 1, "train_loss": total.item() / n,
                "test_top1": topk_accuracy(ensemble_logits(test_logits), test_y, 1), "val_top1": None}
         if val is not None:
-            row["val_top1"] = topk_accuracy(ensemble_logits(_logits(heads, val_feats)).cpu(), val_y, 1)
+            row["val_top1"] = topk_accuracy(ensemble_logits(per_key(x_val)).cpu(), val_y, 1)
             if best is None or row["val_top1"] > best["val_top1"]:  # earliest best wins ties
                 best = row
         history.append(row)

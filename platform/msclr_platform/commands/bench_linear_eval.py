@@ -53,41 +53,35 @@ def reencode_probe(encoder, x_train, y_train, x_test, y_test, conv: str, stream:
     """The official protocol: the frozen encoder runs inside every training step and every
     test evaluation. Returns (last-epoch test top-1, last test logits on the CPU).
 
-    Seeds, head initialisation (N(0, 0.01), bias 0), batch order and lr steps are those of
-    msclr_core.evaluation.linear_probe, so both probes follow the same trajectory."""
+    Seeds, head initialisation (N(0, 0.01), bias 0), batch order, lr steps and the SGD step
+    itself (LinearHeads) are those of msclr_core.evaluation.linear_probe, so both probes follow
+    the same trajectory and the timing difference is the caching alone."""
     import torch
-    import torch.nn.functional as F
 
     from msclr_core.evaluation import topk_accuracy
+    from msclr_core.linear_heads import LinearHeads
     from msclr_core.streams import to_stream
 
     dev = x_train.device
-    encode = lambda xb: encoder.features(to_stream(xb, conv, stream), conv)  # noqa: E731
+    encode = lambda xb: encoder.features(to_stream(xb, conv, stream), conv).float().unsqueeze(0)  # noqa: E731
     init_gen, order_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
-    head = torch.nn.Linear(encoder.hidden_dim, num_classes)
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(head.weight.shape, generator=init_gen) * 0.01)
-        head.bias.zero_()
-    head.to(dev)
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
+    head = LinearHeads([encoder.hidden_dim], num_classes, momentum=0.9, generator=init_gen, device=dev)
+    onehot = torch.eye(num_classes, device=dev)[y_train]
     encoder.eval()  # frozen BN statistics, no dropout, as the official linear evaluation
     n, top1, logits = len(x_train), None, None
     for epoch in range(epochs):
-        for group in opt.param_groups:
-            group["lr"] = lr * 0.1 ** sum(epoch >= m for m in milestones)
+        epoch_lr = lr * 0.1 ** sum(epoch >= m for m in milestones)
         perm = torch.randperm(n, generator=order_gen).to(dev)
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
             with torch.no_grad():
                 feats = encode(x_train[idx])
-            loss = F.cross_entropy(head(feats), y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            head.step(feats, onehot[idx], epoch_lr)
         if (epoch + 1) % eval_every and epoch + 1 != epochs:
             continue
         with torch.no_grad():
-            logits = torch.cat([head(encode(x_test[i:i + batch_size])) for i in range(0, len(x_test), batch_size)])
+            logits = torch.cat([head.logits(encode(x_test[i:i + batch_size]))[0]
+                                for i in range(0, len(x_test), batch_size)])
         top1 = topk_accuracy(logits.cpu(), y_test.cpu(), 1)
     return top1, logits.cpu()
 
@@ -116,15 +110,14 @@ def calibrate_batchnorm(encoder, x, conv: str, stream: str, batch_size: int) -> 
     encoder.eval()
 
 
-def warm_up_optimizer(device) -> None:
-    """One SGD step on a throw-away layer: the first step pays one-time imports and
-    initialisation (about 2 s here) that belong to neither probe."""
+def warm_up_probe(device) -> None:
+    """One probe step on a throw-away head: the first step pays one-time initialisation
+    (kernel loading, allocator) that belongs to neither probe."""
     import torch
 
-    layer = torch.nn.Linear(2, 2).to(device)
-    opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
-    layer(torch.ones(1, 2, device=device)).sum().backward()
-    opt.step()
+    from msclr_core.linear_heads import LinearHeads
+
+    LinearHeads([2], 2, device=device).step(torch.ones(1, 1, 2, device=device), torch.eye(2, device=device)[:1], 0.1)
 
 
 def synthetic_split(clips: int, conv: str, seed: int, device):
@@ -164,7 +157,7 @@ def main(args) -> int:
     encoder = UnifiedSTGCN([args.convention], hidden_channels=args.hidden_channels, hidden_dim=args.hidden_dim,
                            num_blocks=args.num_blocks).to(device).requires_grad_(False)
     calibrate_batchnorm(encoder, x_tr, args.convention, args.stream, args.encode_batch)
-    warm_up_optimizer(device)
+    warm_up_probe(device)
     probe = dict(epochs=args.epochs, lr=args.lr, milestones=milestones, batch_size=args.batch_size,
                  eval_every=args.eval_every, seed=args.seed)
 
