@@ -248,3 +248,30 @@ def test_block_computes_the_official_function(c_in, c_out, stride):
     want = torch.autograd.grad(ref, [x_ref, *block.parameters()], grads)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_cpu_dropout_is_dropout(inplace):
+    """The CPU Dropout's fast mask keeps nn.Dropout's function: drop with probability p, scale
+    the survivors by 1/(1-p), gradient through the same mask, identity in eval mode, and the
+    same draws again after the same torch.manual_seed."""
+    from msclr_core.model import Dropout
+
+    p = 0.3
+    drop = Dropout(p, inplace=inplace).train()
+    x = torch.randn(200, 50, 100) + 5.0  # no exact zeros before the drop
+    torch.manual_seed(7)
+    y = drop(x.clone())
+    kept = y != 0
+    assert abs((~kept).float().mean().item() - p) < 0.005  # 1M draws: sd 0.0005
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p))
+    torch.manual_seed(7)
+    assert torch.equal(drop(x.clone()), y)
+    a = torch.randn(64, 32, requires_grad=True)
+    torch.manual_seed(1)
+    out = drop(a * 1.0)
+    out.backward(torch.ones_like(out))
+    torch.testing.assert_close(a.grad, (out != 0).float() / (1 - p))
+    assert drop(x.to(torch.bfloat16)).dtype == torch.bfloat16  # autocast's dtype is kept
+    drop.eval()
+    assert torch.equal(drop(x.clone()), x)
