@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # GPU check: the CUDA tests, then `msclr bench step` (paper-size model) at fp32/bf16 x batch
-# 128/1024, one torch.compile run and a GPU linear-eval bench; prints a table.
+# 128/1024, one torch.compile run, a GPU linear-eval bench and a profile of the bf16 step;
+# prints a table.
 #
 # Needs only python3 with torch + numpy + pyyaml (+ pytest for the tests): no network, no ray,
-# no mlflow, no install (the repo is put on PYTHONPATH). About 5 minutes on an H100/H200.
+# no mlflow, no install (the repo is put on PYTHONPATH). About 6 minutes on an H100/H200.
 #
 #   bash benchmarks/gpu_check.sh            # results in $OUT if set, else benchmarks/out/
-#   SECONDS_PER_BENCH=20 GPU_CHECK_COMPILE=0 bash benchmarks/gpu_check.sh
+#   SECONDS_PER_BENCH=20 GPU_CHECK_COMPILE=0 GPU_CHECK_PROFILE=0 bash benchmarks/gpu_check.sh
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -44,6 +45,12 @@ if [ "${GPU_CHECK_COMPILE:-1}" = 1 ]; then  # compile time (a minute or two) is 
     bench step_bf16_b1024_compile 240 step --device cuda --dtype bf16 --batch-size 1024 --seconds "$SECS" --compile
 fi
 bench linear_eval 120 linear-eval --device cuda --clips 2000 --epochs 100
+if [ "${GPU_CHECK_PROFILE:-1}" = 1 ]; then  # where the bf16 step spends GPU time: what to optimise next
+    echo "== profile: bf16, batch 1024, 5 steps (benchmarks/profile_step.py)"
+    timeout 180 $PY benchmarks/profile_step.py --device cuda --dtype bf16 --batch-size 1024 --steps 5 --rows 30 \
+        > "$RESULTS/profile_bf16_b1024.txt" 2>&1 || { echo "FAILED: profile"; status=1; }
+    tail -n 36 "$RESULTS/profile_bf16_b1024.txt"
+fi
 
 echo "== results"
 $PY - "$RESULTS" <<'EOF' | tee "$RESULTS/summary.md"
