@@ -23,9 +23,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 $PY -c 'import torch; assert torch.cuda.is_available(), "CUDA not available"; print("torch", torch.__version__, torch.cuda.get_device_name())' || exit 1
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
-echo "== CUDA tests (tests/test_bench.py -k cuda)"
+echo "== CUDA tests (tests/test_bench.py tests/test_linear_heads.py -k cuda)"
 if $PY -c 'import pytest' 2>/dev/null; then
-    timeout 240 $PY -m pytest tests/test_bench.py -k cuda -q -p no:cacheprovider -rs 2>&1 | tee "$RESULTS/pytest.log" || status=1
+    timeout 240 $PY -m pytest tests/test_bench.py tests/test_linear_heads.py -k cuda -q -p no:cacheprovider -rs 2>&1 | tee "$RESULTS/pytest.log" || status=1
 else
     echo "pytest is not installed: CUDA tests skipped" | tee "$RESULTS/pytest.log"; status=1
 fi

@@ -73,3 +73,19 @@ def test_stack_features_pads_with_zeros():
     out = stack_features([a, b])
     assert out.shape == (2, 3, 4)
     assert torch.equal(out[0, :, :2], a) and torch.all(out[0, :, 2:] == 0) and torch.equal(out[1], b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_step_matches_cpu():
+    """The same heads trained on a GPU follow the CPU run (benchmarks/gpu_check.sh runs this)."""
+    feats, y = _data([32, 32], n=300)
+    x, onehot = stack_features([f.float() for f in feats]), torch.eye(C)[y]
+    runs = {}
+    for dev in ("cpu", "cuda"):
+        heads = LinearHeads([32, 32], C, generator=torch.Generator().manual_seed(5), device=dev)
+        order = torch.Generator().manual_seed(6)
+        for _ in range(20):
+            idx = torch.randperm(len(y), generator=order)[:64]
+            heads.step(x[:, idx].to(dev), onehot[idx].to(dev), 0.1)
+        runs[dev] = heads.logits(x.to(dev)).cpu()
+    torch.testing.assert_close(runs["cuda"], runs["cpu"], rtol=1e-4, atol=1e-4)
