@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from msclr_core.errors import ConfigError, DataError
-from msclr_core.linear_heads import LinearHeads, stack_features
+from msclr_core.linear_heads import LinearHeads, probe_lr, stack_features
 from msclr_core.streams import STREAMS, to_stream
 
 DEFAULT_STREAM_WEIGHTS = {"joint": 0.6, "bone": 0.6, "motion": 0.4}  # AimCLR / MS-CLR 3s fusion
@@ -250,6 +250,7 @@ def _probe(train: dict, train_y, test: dict, test_y, num_classes: int, *, val, e
     x_train = stack_features([train[k] for k in keys])  # [K, N, D]
     x_test = stack_features([test[k] for k in keys])
     x_val = stack_features([val_feats[k] for k in keys]) if val is not None else None
+    del train, test, val_feats  # the loop uses the stacked copies; free any cast or standardised ones
     onehot = torch.eye(num_classes, device=dev)[train_y]
 
     def per_key(x):
@@ -257,7 +258,7 @@ def _probe(train: dict, train_y, test: dict, test_y, num_classes: int, *, val, e
 
     history, best = [], None
     for epoch in range(epochs):
-        epoch_lr = lr * 0.1 ** sum(epoch >= m for m in milestones)  # step decay as the official
+        epoch_lr = probe_lr(lr, milestones, epoch)
         perm = torch.randperm(n, generator=order_gen).to(dev)
         total = torch.zeros((), device=dev)  # summed on device: no host sync per batch
         for i in range(0, n, batch_size):

@@ -21,6 +21,11 @@ from collections.abc import Sequence
 import torch
 
 
+def probe_lr(lr: float, milestones, epoch: int) -> float:
+    """The official probe's step decay: lr * 0.1^(milestones passed), epochs 0-based."""
+    return lr * 0.1 ** sum(epoch >= m for m in milestones)
+
+
 def stack_features(feats: Sequence[torch.Tensor]) -> torch.Tensor:
     """[N, d_k] per head -> one [K, N, max d_k] tensor, zero-padded (a zero input column gets a
     zero gradient, so the padded weights stay zero and change no logit)."""

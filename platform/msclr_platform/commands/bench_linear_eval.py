@@ -59,7 +59,7 @@ def reencode_probe(encoder, x_train, y_train, x_test, y_test, conv: str, stream:
     import torch
 
     from msclr_core.evaluation import topk_accuracy
-    from msclr_core.linear_heads import LinearHeads
+    from msclr_core.linear_heads import LinearHeads, probe_lr
     from msclr_core.streams import to_stream
 
     dev = x_train.device
@@ -70,7 +70,7 @@ def reencode_probe(encoder, x_train, y_train, x_test, y_test, conv: str, stream:
     encoder.eval()  # frozen BN statistics, no dropout, as the official linear evaluation
     n, top1, logits = len(x_train), None, None
     for epoch in range(epochs):
-        epoch_lr = lr * 0.1 ** sum(epoch >= m for m in milestones)
+        epoch_lr = probe_lr(lr, milestones, epoch)
         perm = torch.randperm(n, generator=order_gen).to(dev)
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
