@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import evaluation as E
+from . import protocol as P
 from .data.dataset import load_dataset
 from .data.synth import write_synth_dataset
 from .pretrain import MethodSettings, ModelSettings, OptimSettings, PretrainSettings, build_model, build_optimizer, train_epoch, validate
@@ -37,13 +37,14 @@ class DemoSettings:
 
 
 def probe_accuracy(encoder, ds, protocol: str, conv: str, stream: str, epochs: int, seed: int) -> float:
-    tr, te = (ds.split_indices(protocol, p) for p in ("train", "test"))
-    f_tr = E.extract_features(encoder, ds.load(conv, tr, unit="m"), conv, stream)
-    f_te = E.extract_features(encoder, ds.load(conv, te, unit="m"), conv, stream)
-    y = torch.as_tensor(ds.labels)
-    res = E.linear_probe(f_tr, y[tr], f_te, y[te], len(ds.classes), epochs=epochs, lr=1.0,
-                         milestones=(int(epochs * 0.75),), seed=seed)  # fmt: skip
-    return res.top1
+    """Linear top-1 of the frozen encoder on the test split under the evaluation protocol's
+    standard probe (msclr_core.protocol: standardised features, lr chosen on validation)."""
+    parts = {p: ds.split_indices(protocol, p) for p in ("train", "test")}
+    data = {p: {conv: ds.load(conv, idx, unit="m")} for p, idx in parts.items()}
+    labels = {p: ds.labels[idx] for p, idx in parts.items()}
+    settings = P.EvalSettings(probe=P.ProbeSettings(epochs=epochs, milestones=[int(epochs * 0.75)]), seed=seed)
+    report = P.evaluate_encoder(encoder, data, labels, len(ds.classes), settings, label="demo", stream=stream)
+    return report.row("demo", conv)["linear_top1"]
 
 
 def run_demo(settings: DemoSettings | None = None, data_dir: str | Path | None = None, log=print) -> dict:

@@ -125,6 +125,17 @@ def build_model(settings: PretrainSettings) -> MSCLR:
     )
 
 
+def frozen_encoder(settings: PretrainSettings, state: dict | None = None):
+    """The query encoder of an MSCLR state_dict (None: the exact initial weights of a run with
+    these settings), without its projection head, in eval mode: what evaluation probes."""
+    model = build_model(settings)
+    if state is not None:
+        model.load_state_dict(state)  # strict: a checkpoint of another model fails naming the keys
+    encoder = model.encoder_q
+    encoder.fc, encoder.out_dim = torch.nn.Identity(), encoder.hidden_dim  # pooled features only
+    return encoder.eval()
+
+
 def build_optimizer(model: torch.nn.Module, settings: PretrainSettings) -> torch.optim.Optimizer:
     o = settings.optim
     params = [p for p in model.parameters() if p.requires_grad]

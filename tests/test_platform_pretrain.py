@@ -61,6 +61,13 @@ def test_pretrain_logs_run_and_resumes_by_name(tmp_path, tiny_dataset, mlflow_se
     assert 0.0 <= eval_run.data.metrics["linear_top1"] <= 1.0
     assert "linear_top1.ensemble" in eval_run.data.metrics and "linear_top1.smplx_42" in eval_run.data.metrics
     assert eval_run.data.params["protocol.reported_epoch"] == "last"
+    # the references, on the same split and probe, under their own prefixes (default: raw, random-init)
+    metrics = eval_run.data.metrics
+    for ref in ("raw", "random_init"):
+        assert 0.0 <= metrics[f"{ref}.linear_top1.ntu-rgb_d"] <= 1.0 and f"{ref}.knn_top1.smplx_42" in metrics
+    assert "random_init.linear_top1.ensemble" in metrics and "raw.linear_top1.ensemble" not in metrics
+    assert "supervised.linear_top1.ntu-rgb_d" not in metrics  # opt-in
+    assert "test_selected_top1.ntu-rgb_d" in metrics and metrics["collapsed.ntu-rgb_d"] in (0.0, 1.0)
     assert {"results.csv", "confusion.png", "test_logits.npz"} <= artifact_names(client, out["eval_run_id"])
 
     # Same name, one more epoch: the Ray run resumes from its checkpoint and the same

@@ -25,6 +25,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("bench", "step"), "bench_step", "time the full MS-AimCLR pretraining step (augmentation included)"),
     (("bench", "linear-eval"), "bench_linear_eval", "linear probe on cached features vs re-encoding every epoch"),
     (("bench", "scaling"), "bench_scaling", "Ray Train samples/s with 1 and 2 CPU workers"),
+    (("bench", "learning"), "bench_learning", "learning curves: MS-CLR vs one skeleton vs raw/random/supervised"),
     (("data", "check"), "data_check", "validate a dataset directory"),
     (("data", "ntu"), "data_ntu", "build a dataset from raw NTU RGB+D .skeleton files"),
     (("data", "synth"), "data_synth", "write the synthetic multi-skeleton benchmark"),

@@ -25,6 +25,7 @@ from msclr_core.augment import AugmentConfig
 from msclr_core.data.safe_pickle import short_repr
 from msclr_core.errors import ConfigError
 from msclr_core.pretrain import MethodSettings, ModelSettings, OptimSettings, PretrainSettings
+from msclr_core.protocol import EvalSettings, ProbeSettings
 
 PATH_KEYS = ("data.path", "ray.storage_path", "tracking.tracking_uri")  # made absolute by _resolve_path
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # scheme://... (s3://, gs://, http://): not a local path
@@ -45,15 +46,41 @@ class DataConfig:
 @dataclass
 class EvalConfig:
     enabled: bool = True
+    probe: str = "standard"  # standard (z-scored features, lr picked on validation) | paper (raw, linear_lr)
     linear_epochs: int = 100
-    linear_lr: float = 3.0
+    linear_lr: float = 3.0  # the paper probe's lr
+    linear_lr_grid: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0])  # the standard probe's choices
     linear_milestones: list[int] = field(default_factory=lambda: [80])
     linear_batch_size: int = 128
     knn_k: int = 20
     ensemble: bool = True  # per-convention heads, averaged logits
+    references: list[str] = field(default_factory=lambda: ["raw", "random-init"])  # + "supervised" (the ceiling)
+    val_fraction: float = 0.2  # of train, for choices, when the dataset has no val split
     batch_size: int = 256  # feature extraction batch
     probe_every: int = 0  # cheap kNN probe every N epochs during pretraining (0 = off)
     probe_samples: int = 512
+
+    def __post_init__(self):
+        unknown = sorted(set(self.references) - set(REFERENCES))
+        if unknown:
+            raise ConfigError(f"key 'eval.references': unknown {unknown} (known: {', '.join(REFERENCES)})")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"key 'eval.val_fraction' must be in (0, 1), got {self.val_fraction}")
+        try:
+            self.settings()  # the probe's own checks (name, learning rates)
+        except ConfigError as err:
+            raise ConfigError(f"keys 'eval.probe' / 'eval.linear_lr*': {err}") from None
+
+    def settings(self, seed: int = 0) -> EvalSettings:
+        """The core protocol's settings for these keys."""
+        probe = ProbeSettings(name=self.probe, epochs=self.linear_epochs, lr=self.linear_lr,
+                              lr_grid=list(self.linear_lr_grid), milestones=list(self.linear_milestones),
+                              batch_size=self.linear_batch_size)
+        return EvalSettings(probe=probe, knn_k=self.knn_k, ensemble=self.ensemble, val_fraction=self.val_fraction,
+                            feature_batch=self.batch_size, seed=seed)
+
+
+REFERENCES = ("raw", "random-init", "supervised")
 
 
 @dataclass

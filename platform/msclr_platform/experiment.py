@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,11 +165,18 @@ def _log_pretrain_artifacts(client, run_id: str, cfg: ExperimentConfig, state: d
             client.log_artifact(run_id, str(p))
 
 
-def run_evaluation(cfg: ExperimentConfig, state: dict | None, *, parent_run_id: str | None, name: str | None = None):
-    """Evaluate an encoder state (None = random init) in an MLflow run nested under parent_run_id."""
-    import pandas as pd
+def run_evaluation(cfg: ExperimentConfig, state: dict | None, *, parent_run_id: str | None, name: str | None = None,
+                   label: str = "pretrained", references=None):
+    """Evaluate an encoder state (None = random init) with the references the config asks for
+    (or `references`), in an MLflow run nested under parent_run_id.
 
-    from .evaluate import evaluate_encoder
+    Metrics: `<key>.<convention>` for the evaluated encoder (linear_top1, linear_top5, knn_top1,
+    test_selected_top1, ...), `<reference>.<key>.<convention>` for each reference (raw,
+    random_init, supervised). A collapsed probe is tagged (`msclr.collapsed`) and warned about."""
+    from mlflow.entities import Metric
+
+    from .data import dataset_for
+    from .evaluate import collapsed_rows, evaluate_run, primary_logits, results_table
 
     uri = ensure_tracking_uri(cfg.tracking.tracking_uri, quiet=True)
     client = _client(uri)
@@ -177,29 +185,45 @@ def run_evaluation(cfg: ExperimentConfig, state: dict | None, *, parent_run_id: 
         client, cfg.tracking.experiment, eval_name, parent_run_id=parent_run_id,
         tags={"msclr.kind": "evaluation", "conventions": ",".join(cfg.conventions), "stream": cfg.stream},
     )  # fmt: skip
-    report = evaluate_encoder(cfg, state)
+    try:
+        report = evaluate_run(cfg, state, label=label, references=references)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
     log_params(client, run_id, {f"protocol.{k}": v for k, v in report.protocol.items()})
-    from mlflow.entities import Metric
-
+    now = int(time.time() * 1000)
     metrics = []
     for row in report.rows:
+        prefix = "" if row["model"] == label else metric_key(row["model"]).replace("-", "_") + "."
         conv = metric_key(row["convention"])
-        metrics += [Metric(f"{k}.{conv}", float(v), 0, 0) for k, v in row.items() if k != "convention" and v == v]
-    metrics.append(Metric("linear_top1", float(report.top1()), 0, 0))
+        metrics += [Metric(f"{prefix}{k}.{conv}", float(v), now, 0) for k, v in row.items()
+                    if isinstance(v, (int, float)) and v == v and k not in ("best_val_epoch",)]
+    metrics.append(Metric("linear_top1", float(primary_top1(report, label)), now, 0))
     client.log_batch(run_id, metrics=metrics)
+    bad = collapsed_rows(report)
+    if bad:
+        client.set_tag(run_id, "msclr.collapsed", ",".join(bad))
+        print(f"WARNING: collapsed linear probe (one class predicted for >= 90% of test clips): {', '.join(bad)}",
+              flush=True)
+    classes = list(dataset_for(cfg).classes)
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
-        report.table().to_csv(d / "results.csv")
-        which = "ensemble" if "ensemble" in report.test_logits else cfg.conventions[0]
-        pred = report.test_logits[which].argmax(1)
-        cm = E.confusion_matrix(pred, report.test_labels, len(report.class_names))
-        plots.confusion(cm, report.class_names, d / "confusion.png", f"{eval_name} ({which})")
-        np.savez(d / "test_logits.npz", labels=report.test_labels, **{metric_key(k): v for k, v in report.test_logits.items()})
+        results_table(report).to_csv(d / "results.csv")
+        which, logits = primary_logits(report, label)
+        cm = E.confusion_matrix(logits.argmax(1), report.test_labels, len(classes))
+        plots.confusion(cm, classes, d / "confusion.png", f"{eval_name} ({which})")
+        own = {metric_key(k.split("/", 1)[1]): v for k, v in report.test_logits.items() if k.startswith(f"{label}/")}
+        np.savez(d / "test_logits.npz", labels=report.test_labels, **own)  # what --fuse reads
         for f in ("results.csv", "confusion.png", "test_logits.npz"):
             client.log_artifact(run_id, str(d / f))
     client.set_terminated(run_id, "FINISHED")
-    del pd
     return run_id, report
+
+
+def primary_top1(report, label: str = "pretrained") -> float:
+    """The evaluated encoder's headline number: its ensemble when it has one, else its first convention."""
+    rows = [r for r in report.rows if r["model"] == label]
+    return next((r for r in rows if r["convention"] == "ensemble"), rows[0])["linear_top1"]
 
 
 def metric_key(name: str) -> str:
@@ -212,5 +236,5 @@ def run_experiment(cfg: ExperimentConfig, *, parent_run_id: str | None = None, q
     out = {"name": cfg.name, "pretrain_run_id": pre.run_id, "checkpoint": pre.checkpoint_dir}
     if cfg.eval.enabled:
         eval_id, report = run_evaluation(cfg, pre.state, parent_run_id=pre.run_id)
-        out.update(eval_run_id=eval_id, results=report.rows, linear_top1=report.top1())
+        out.update(eval_run_id=eval_id, results=report.rows, linear_top1=primary_top1(report))
     return out

@@ -81,3 +81,29 @@ def metric_vs_param(table, param: str, metric: str, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def learning_curves(summary: list[dict], conv: str, path: Path) -> Path:
+    """Linear top-1 against the pretraining budget (mean ± std over seeds), one line per model,
+    horizontal lines (± bands) for the raw, random-init and supervised references."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    epochs = [r["epochs"] for r in summary]
+    for key, label in (("msclr", "MS-CLR"), ("msclr_ensemble", "MS-CLR ensemble"), ("single", "single skeleton")):
+        if all(key in r for r in summary):
+            mean = np.array([r[key]["mean"] for r in summary])
+            std = np.array([r[key]["std"] for r in summary])
+            ax.errorbar(epochs, mean, yerr=std, marker="o", capsize=3, label=label)
+    for key, style in (("raw", "k--"), ("random-init", "r:"), ("supervised", "g-.")):
+        ref = summary[0].get(key)
+        if ref:
+            ax.axhline(ref["mean"], linestyle=style[1:], color=style[0], label=f"{key} ({ref['mean']:.3f})")
+            ax.axhspan(ref["mean"] - ref["std"], ref["mean"] + ref["std"], color=style[0], alpha=0.08)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="pretraining epochs (equal steps for both models)", ylabel=f"linear top-1 ({conv}, test)",
+           title="Learning study: synthetic benchmark, xsub")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

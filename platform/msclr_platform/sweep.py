@@ -185,7 +185,7 @@ def _trial(params: dict, sweep: Sweep, parent_id: str, uri: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from .config import flatten
-    from .experiment import run_evaluation
+    from .experiment import primary_top1, run_evaluation
     from .runs import final_state
     from .tracking import get_or_create_run, log_params
     from .train import make_trainer
@@ -204,9 +204,9 @@ def _trial(params: dict, sweep: Sweep, parent_id: str, uri: str) -> None:
         raise result.error
     final = {"epoch": cfg.optim.epochs, sweep.spec.metric: (result.metrics or {}).get(sweep.spec.metric, float("nan"))}
     if sweep.spec.final_eval:
-        _, report = run_evaluation(cfg, final_state(cfg), parent_run_id=run_id)
+        _, report = run_evaluation(cfg, final_state(cfg), parent_run_id=run_id, references=[])
         final.update({f"final_{r['convention']}_linear_top1".replace("+", "_"): r["linear_top1"] for r in report.rows})
-        final["final_linear_top1"] = report.top1()
+        final["final_linear_top1"] = primary_top1(report)
     client.set_terminated(run_id, "FINISHED")
     tune.report(final)
 

@@ -23,15 +23,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     from msclr_platform.config import load_config
+    from msclr_platform.evaluate import results_table
     from msclr_platform.experiment import run_evaluation
     from msclr_platform.runs import final_state, pretrain_run_id
 
     cfg = load_config(args.config, args.overrides)
     if args.random_init:
-        run_id, report = run_evaluation(cfg, None, parent_run_id=None, name=f"{cfg.name}/random-init")
+        run_id, report = run_evaluation(cfg, None, parent_run_id=None, name=f"{cfg.name}/random-init",
+                                        label="random-init", references=[])
     else:
         run_id, report = run_evaluation(cfg, final_state(cfg), parent_run_id=pretrain_run_id(cfg))
-    print(report.table().round(4).to_string())
+    print(results_table(report).round(4).to_string())
     out = {"eval_run_id": run_id, "results": report.rows}
     if args.fuse:
         import pandas as pd

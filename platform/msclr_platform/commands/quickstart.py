@@ -14,15 +14,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
+    import math
+
     import pandas as pd
 
     from msclr_platform.quickstart import quickstart
 
     out = quickstart(args.config, args.overrides, clips=args.clips)
     table = pd.DataFrame(out["rows"]).set_index(["model", "convention"])
-    print("\nLinear evaluation (frozen encoder, last epoch) and kNN, top-1 on the xsub test split:")
-    print(table[["linear_top1", "linear_top5", "knn_top1"]].round(3).to_string())
+    table["note"] = ["COLLAPSED (one class)" if c else "" for c in table["collapsed"]]
+    print("\nLinear probe on frozen features (last epoch; standardised, lr chosen on validation) and kNN, "
+          "top-1 on the xsub test split.\nReferences: raw = linear classifier on the input clip, random-init = "
+          "untrained encoder, supervised = same encoder trained with labels for the same steps:")
+    print(table[["linear_top1", "linear_top5", "knn_top1", "probe", "note"]].round(3).to_string())
     print(f"\nMLflow UI: {out['mlflow_uri']}  (experiment {out['experiment']!r}); wall time {out['wall_s']:.0f} s")
     if args.json:
-        print(json.dumps({k: out[k] for k in ("mlflow_uri", "runs", "top1", "wall_s")}))
+        clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731 - strict JSON
+        rows = [{k: clean(v) for k, v in r.items()} for r in out["rows"]]
+        print(json.dumps({**{k: out[k] for k in ("mlflow_uri", "experiment", "runs", "top1", "wall_s")}, "rows": rows}))
     return 0

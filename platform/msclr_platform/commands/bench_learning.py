@@ -1,0 +1,84 @@
+"""`msclr bench learning`: MS-CLR vs one skeleton vs the references, against the budget.
+
+Runs msclr_platform.learning.run_study on the quickstart config (or --config) over the
+built-in synthetic benchmark, logs one MLflow parent run with a child per (model, seed)
+(metrics per epoch), and writes the JSON report (--out), the plot (--plot) and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import emit_report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="experiment YAML (default: experiments/quickstart.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--clips", type=int, default=1200, help="size of the synthetic benchmark")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 4, 8], help="pretraining epochs to evaluate")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per point (pretraining and probe seed)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--plot", help="write the learning-curve PNG here")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--out", help="also write the JSON report to this file (atomically)")
+
+
+def _log_mlflow(cfg, result: dict, plot_path) -> str:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from msclr_platform.experiment import metric_key
+    from msclr_platform.tracking import ensure_tracking_uri, get_or_create_run, log_params
+
+    import time
+
+    uri = ensure_tracking_uri(cfg.tracking.tracking_uri, quiet=True)
+    client = MlflowClient(uri)
+    tag = time.strftime("%Y%m%d-%H%M%S")
+    parent, _ = get_or_create_run(client, cfg.tracking.experiment, f"learning-{tag}", tags={"msclr.kind": "learning"})
+    log_params(client, parent, {"budgets": result["budgets"], "seeds": result["seeds"],
+                                "conventions": result["conventions"]})
+    for (model, seed) in sorted({(p["model"], p["seed"]) for p in result["points"]}):
+        child, _ = get_or_create_run(client, cfg.tracking.experiment, f"learning-{tag}-{model}-seed{seed}",
+                                     parent_run_id=parent, tags={"msclr.kind": "learning-point", "model": model})
+        now = int(time.time() * 1000)
+        metrics = [Metric(metric_key(k), float(v), now, p["epochs"]) for p in result["points"]
+                   if p["model"] == model and p["seed"] == seed for k, v in p.items()
+                   if k not in ("model", "seed") and isinstance(v, (int, float))]
+        client.log_batch(child, metrics=metrics)
+        client.set_terminated(child, "FINISHED")
+    if plot_path:
+        client.log_artifact(parent, str(plot_path))
+    client.set_terminated(parent, "FINISHED")
+    return parent
+
+
+def main(args) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from msclr_platform.config import load_config
+    from msclr_platform.evaluate import load_eval_data
+    from msclr_platform.learning import run_study
+    from msclr_platform.plots import learning_curves
+    from msclr_platform.quickstart import DEFAULT_CONFIG, ensure_synth_dataset
+    from msclr_platform.tracking import msclr_home
+
+    data_dir = msclr_home() / "data" / f"quickstart-{args.clips}"
+    cfg = load_config(args.config or DEFAULT_CONFIG, [f"data.path={data_dir}", *args.overrides])
+    ensure_synth_dataset(Path(cfg.data.path), args.clips, conventions=["ntu-rgb+d", "smplx_42", "smpl_24", "h36m_17"])
+    data, labels, k = load_eval_data(cfg)
+    result = run_study(cfg, data, labels, k, budgets=args.budgets, seeds=list(range(args.seeds)))
+    with tempfile.TemporaryDirectory() as d:
+        plot = Path(args.plot or Path(d) / "learning_curves.png")
+        learning_curves(result["summary"], cfg.conventions[0], plot)
+        if not args.no_mlflow:
+            result["mlflow_parent_run"] = _log_mlflow(cfg, result, plot)
+    lines = [f"{r['epochs']:>4} ep: MS-CLR {r['msclr']['mean']:.3f}±{r['msclr']['std']:.3f}  single "
+             f"{r['single']['mean']:.3f}±{r['single']['std']:.3f}  ({r['verdict']})" for r in result["summary"]]
+    ref = result["summary"][0]
+    lines.append("references: " + ", ".join(f"{n} {ref[n]['mean']:.3f}±{ref[n]['std']:.3f}"
+                                             for n in ("raw", "random-init", "supervised") if ref.get(n)))
+    emit_report(args, result, "\n".join(lines))
+    return 0
