@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -227,8 +228,8 @@ def primary_top1(report, label: str = "pretrained") -> float:
 
 
 def metric_key(name: str) -> str:
-    """MLflow metric names allow [A-Za-z0-9_.\\-/ ]: 'ntu-rgb+d' -> 'ntu-rgb_d'."""
-    return name.replace("+", "_")
+    """MLflow metric names allow [A-Za-z0-9_.\\-/ :]: 'ntu-rgb+d' -> 'ntu-rgb_d', 'a|b' -> 'a:b'."""
+    return re.sub(r"[^A-Za-z0-9_.\-/ :]", "_", name.replace("|", ":"))
 
 
 def run_experiment(cfg: ExperimentConfig, *, parent_run_id: str | None = None, quiet: bool = False) -> dict:

@@ -25,13 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _log_mlflow(cfg, result: dict, plot_path) -> str:
+    import time
+
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     from msclr_platform.experiment import metric_key
     from msclr_platform.tracking import ensure_tracking_uri, get_or_create_run, log_params
-
-    import time
 
     uri = ensure_tracking_uri(cfg.tracking.tracking_uri, quiet=True)
     client = MlflowClient(uri)
@@ -55,6 +55,7 @@ def _log_mlflow(cfg, result: dict, plot_path) -> str:
 
 
 def main(args) -> int:
+    import json
     import tempfile
     from pathlib import Path
 
@@ -70,6 +71,10 @@ def main(args) -> int:
     ensure_synth_dataset(Path(cfg.data.path), args.clips, conventions=["ntu-rgb+d", "smplx_42", "smpl_24", "h36m_17"])
     data, labels, k = load_eval_data(cfg)
     result = run_study(cfg, data, labels, k, budgets=args.budgets, seeds=list(range(args.seeds)))
+    if args.out:  # the measurements first: nothing after this may lose them
+        from msclr_core.io_utils import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     with tempfile.TemporaryDirectory() as d:
         plot = Path(args.plot or Path(d) / "learning_curves.png")
         learning_curves(result["summary"], cfg.conventions[0], plot)
