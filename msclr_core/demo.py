@@ -28,8 +28,9 @@ class DemoSettings:
     pretrain: PretrainSettings = field(
         default_factory=lambda: PretrainSettings(
             conventions=["ntu-rgb+d", "smplx_42"],
-            model=ModelSettings(hidden_channels=8, hidden_dim=64, num_blocks=4, dropout=0.1),
-            method=MethodSettings(feature_dim=64, queue_size=1024, temperature=0.1, mining_epoch=1000),
+            model=ModelSettings(hidden_channels=8, hidden_dim=64, num_blocks=4, dropout=0.1, head="mlp_bn"),
+            # a CPU-sized run is ~100 steps: the key encoder must follow within tens of steps
+            method=MethodSettings(feature_dim=64, queue_size=1024, temperature=0.1, mining_epoch=1000, momentum=0.99),
             optim=OptimSettings(epochs=5, batch_size=64, lr=0.05, lr_decay_epochs=[1000], passes_per_epoch=2),
         )
     )

@@ -25,7 +25,7 @@ from msclr_core.conventions import get_convention, list_conventions
 from msclr_core.errors import ConfigError
 from msclr_core.graph import adjacency
 
-HEADS = ("mlp", "linear", None)
+HEADS = ("mlp", "mlp_bn", "linear", None)
 
 
 def channel_plan(in_channels: int, hidden_channels: int, hidden_dim: int, num_blocks: int):
@@ -171,7 +171,7 @@ def init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
@@ -242,6 +242,9 @@ class UnifiedSTGCN(nn.Module):
         )
         if head == "mlp":  # the official "mlp hack"
             self.fc = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, feature_dim))
+        elif head == "mlp_bn":  # SimCLR / MoCo v3 projector: BN centres the outputs (see ModelSettings.head)
+            self.fc = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
+                                    nn.Linear(hidden_dim, feature_dim), nn.BatchNorm1d(feature_dim, affine=False))
         elif head == "linear":
             self.fc = nn.Linear(hidden_dim, feature_dim)
         else:

@@ -33,6 +33,12 @@ class ModelSettings:
     temporal_kernel: int = 9
     dropout: float = 0.5
     partition: str = "official"  # "official" (max_hop=1 quirk, reproduces the paper) or "hop"
+    # Projection head: "mlp" (official: Linear-ReLU-Linear) or "mlp_bn" (BatchNorm after each
+    # Linear). At initialisation the official head maps every clip to nearly one direction
+    # (mean cosine 0.98 between different clips); with momentum 0.999 the key encoder keeps
+    # that for the first ~1000 steps, so every key and queue entry looks alike and short runs
+    # collapse. BN centres the projections over the batch, so keys differ from the first step.
+    head: str = "mlp"
 
 
 @dataclass

@@ -275,3 +275,20 @@ def test_cpu_dropout_is_dropout(inplace):
     assert drop(x.to(torch.bfloat16)).dtype == torch.bfloat16  # autocast's dtype is kept
     drop.eval()
     assert torch.equal(drop(x.clone()), x)
+
+
+def test_mlp_bn_head_gives_distinct_projections_at_initialisation():
+    """The official head maps every clip to nearly one direction at init (why short MoCo runs
+    collapse: every key and queue entry looks alike); BN in the head centres the projections."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 20, 25, 2)
+    cos = {}
+    for head in ("mlp", "mlp_bn"):
+        torch.manual_seed(0)
+        model = UnifiedSTGCN(["ntu-rgb+d"], hidden_channels=4, hidden_dim=16, num_blocks=2, head=head, feature_dim=8)
+        z = torch.nn.functional.normalize(model(x, "ntu-rgb+d"), dim=1)
+        off_diagonal = (z @ z.T).sum() - z.shape[0]
+        cos[head] = float(off_diagonal / (z.shape[0] * (z.shape[0] - 1)))
+    assert cos["mlp"] > 0.9 and abs(cos["mlp_bn"]) < 0.2, cos
+    features = UnifiedSTGCN(["ntu-rgb+d"], hidden_channels=4, hidden_dim=16, num_blocks=2, head="mlp_bn").features(x, "ntu-rgb+d")
+    assert features.shape == (64, 16)  # evaluation reads the pooled features, never the head
