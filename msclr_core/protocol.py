@@ -198,15 +198,20 @@ def evaluate_features(feats: dict, labels: dict, num_classes: int, settings: Eva
     choose = None if val else holdout(y["train"].numpy(), s.val_fraction, s.seed)
     convs = list(feats["train"])
     rows, logits = [], {}
+
+    def probe(pick, score):  # pick(part) -> the features of one convention, or the dict of all
+        return fit_probe(pick("train"), y["train"], pick("test"), y["test"], num_classes, s.probe,
+                         val=(pick("val"), y["val"]) if val else None, choose=choose, seed=s.seed, device=device,
+                         score_fixed=score)
+
     for c in convs:
-        res = fit_probe(feats["train"][c], y["train"], feats["test"][c], y["test"], num_classes, s.probe,
-                        val=(feats["val"][c], y["val"]) if val else None, choose=choose, seed=s.seed, device=device, score_fixed=score_fixed)
-        knn = E.knn_accuracy(feats["train"][c], y["train"], feats["test"][c], y["test"], k=s.knn_k, num_classes=num_classes)
+        res = probe(lambda part: feats[part][c], score_fixed)
+        knn = E.knn_accuracy(feats["train"][c], y["train"], feats["test"][c], y["test"], k=s.knn_k,
+                             num_classes=num_classes)
         rows.append(_row(label, c, res, knn))
         logits[f"{label}/{c}"] = res.test_logits.numpy()
     if s.ensemble and len(convs) > 1:
-        res = fit_probe(feats["train"], y["train"], feats["test"], y["test"], num_classes, s.probe,
-                        val=(feats["val"], y["val"]) if val else None, choose=choose, seed=s.seed, device=device)
+        res = probe(lambda part: feats[part], False)
         rows.append(_row(label, "ensemble", res, float("nan")))
         logits[f"{label}/ensemble"] = res.test_logits.numpy()
     protocol = {"probe": asdict(s.probe), "knn_k": s.knn_k, "choices_on": "val split" if val else
@@ -219,8 +224,8 @@ def evaluate_features(feats: dict, labels: dict, num_classes: int, settings: Eva
 
 def encode(encoder, data: dict, stream: str, settings: EvalSettings, device=None) -> dict:
     """part -> convention -> frozen pooled features (eval mode, extracted once)."""
-    return {part: {c: E.extract_features(encoder, x, c, stream, settings.feature_batch, device) for c, x in arrays.items()}
-            for part, arrays in data.items()}
+    return {part: {c: E.extract_features(encoder, x, c, stream, settings.feature_batch, device)
+                   for c, x in arrays.items()} for part, arrays in data.items()}
 
 
 def evaluate_encoder(encoder, data: dict, labels: dict, num_classes: int, settings: EvalSettings | None = None, *,

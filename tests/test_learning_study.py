@@ -55,7 +55,7 @@ def test_tiny_learning_study_end_to_end(tmp_path, mlflow_server, msclr_home):
     assert plot.stat().st_size > 1000
     client = MlflowClient(mlflow_server)
     parent = client.get_run(result["mlflow_parent_run"])
-    assert parent.info.status == "FINISHED" and "learning_curves.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert parent.info.status == "FINISHED" and plot.name in {a.path for a in client.list_artifacts(parent.info.run_id)}
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 4  # (msclr, single) x 2 seeds
