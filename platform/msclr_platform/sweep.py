@@ -104,7 +104,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     source = str(path)
     spec = from_dict(SweepSpec, read_yaml(path), source=source)
     for section in ("search", "overrides"):
-        bad = [k for k in getattr(spec, section) if not isinstance(k, str)]
+        bad = [k for k in getattr(spec, section) if not isinstance(k, str) or not all(k.split("."))]  # 'a..b' too
         if bad:
             raise ConfigError(f"{source}: key '{section}': keys must be dotted config names, got {bad[0]!r}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", spec.name) or ".." in spec.name:
@@ -134,8 +134,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         try:
             preflight(trial_config(sweep, params))
         except ConfigError as err:
-            key = next((k for k in params if k.split(".")[-1] in str(err) or str(params[k]) in str(err)), "")
-            raise ConfigError(f"{source}: key 'search.{key}' value {params.get(key)!r}: {err}") from None
+            key = next((k for k in params if k.split(".")[-1] in str(err) or str(params[k]) in str(err)), None)
+            where = f"key 'search.{key}' value {params[key]!r}" if key else f"key 'search' values {params!r}"
+            raise ConfigError(f"{source}: {where}: {err}") from None
     return sweep
 
 
