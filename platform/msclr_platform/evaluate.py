@@ -71,3 +71,9 @@ def primary_logits(report: P.EvalReport, label: str) -> tuple[str, np.ndarray]:
     keys = [k for k in report.test_logits if k.startswith(f"{label}/")]
     key = f"{label}/ensemble" if f"{label}/ensemble" in keys else keys[0]
     return key, report.test_logits[key]
+
+
+def primary_top1(report, label: str = "pretrained") -> float:
+    """The evaluated encoder's headline number: its ensemble when it has one, else its first convention."""
+    rows = [r for r in report.rows if r["model"] == label]
+    return next((r for r in rows if r["convention"] == "ensemble"), rows[0])["linear_top1"]

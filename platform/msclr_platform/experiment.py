@@ -177,7 +177,7 @@ def run_evaluation(cfg: ExperimentConfig, state: dict | None, *, parent_run_id: 
     from mlflow.entities import Metric
 
     from .data import dataset_for
-    from .evaluate import collapsed_rows, evaluate_run, primary_logits, results_table
+    from .evaluate import collapsed_rows, evaluate_run, primary_logits, primary_top1, results_table
 
     uri = ensure_tracking_uri(cfg.tracking.tracking_uri, quiet=True)
     client = _client(uri)
@@ -221,12 +221,6 @@ def run_evaluation(cfg: ExperimentConfig, state: dict | None, *, parent_run_id: 
     return run_id, report
 
 
-def primary_top1(report, label: str = "pretrained") -> float:
-    """The evaluated encoder's headline number: its ensemble when it has one, else its first convention."""
-    rows = [r for r in report.rows if r["model"] == label]
-    return next((r for r in rows if r["convention"] == "ensemble"), rows[0])["linear_top1"]
-
-
 def metric_key(name: str) -> str:
     """MLflow metric names allow [A-Za-z0-9_.\\-/ :]: 'ntu-rgb+d' -> 'ntu-rgb_d', 'a|b' -> 'a:b'."""
     return re.sub(r"[^A-Za-z0-9_.\-/ :]", "_", name.replace("|", ":"))
@@ -237,5 +231,7 @@ def run_experiment(cfg: ExperimentConfig, *, parent_run_id: str | None = None, q
     out = {"name": cfg.name, "pretrain_run_id": pre.run_id, "checkpoint": pre.checkpoint_dir}
     if cfg.eval.enabled:
         eval_id, report = run_evaluation(cfg, pre.state, parent_run_id=pre.run_id)
+        from .evaluate import primary_top1
+
         out.update(eval_run_id=eval_id, results=report.rows, linear_top1=primary_top1(report))
     return out

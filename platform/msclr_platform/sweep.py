@@ -186,7 +186,8 @@ def _trial(params: dict, sweep: Sweep, parent_id: str, uri: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from .config import flatten
-    from .experiment import primary_top1, run_evaluation
+    from .evaluate import primary_top1
+    from .experiment import run_evaluation
     from .runs import final_state
     from .tracking import get_or_create_run, log_params
     from .train import make_trainer
