@@ -13,7 +13,9 @@ Policies:
   all_pairs    cycles through every ordered pair, each cycle in a fresh seeded order, so
                every pair occurs equally often (a balanced, lower-variance schedule).
 With allow_same=False the pair never has q == k. A single convention always gives (c, c):
-plain single-skeleton AimCLR/SkeletonCLR.
+plain single-skeleton AimCLR/SkeletonCLR. warmup_epochs=W makes epochs 1..W same-convention
+(the drawn query convention on both sides: plain instance discrimination per convention
+first), and the policy's pairs start at epoch W + 1.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class PairSchedule:
         allow_same: bool = True,
         anchor: str | None = None,
         seed: int = 0,
+        warmup_epochs: int = 0,
     ):
         if isinstance(conventions, str):
             conventions = [conventions]
@@ -54,7 +57,10 @@ class PairSchedule:
             )
         if anchor is not None and anchor not in self.conventions:
             raise ConfigError(f"anchor {anchor!r} is not one of the conventions {self.conventions}")
+        if isinstance(warmup_epochs, bool) or int(warmup_epochs) != warmup_epochs or warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
         self.policy, self.allow_same, self.seed = policy, bool(allow_same), int(seed)
+        self.warmup_epochs = int(warmup_epochs)
         self.anchor = anchor if anchor is not None else self.conventions[0]
         n = len(self.conventions)
         self.all_pairs = [(q, k) for q in range(n) for k in range(n) if self.allow_same or q != k]
@@ -63,6 +69,12 @@ class PairSchedule:
         """(q_conv, k_conv) for this step of this epoch; the same on every call and rank."""
         if epoch < 0 or step < 0:
             raise ValueError(f"epoch and step must be >= 0, got epoch={epoch}, step={step}")
+        if 1 <= epoch <= self.warmup_epochs:
+            q = self._drawn_pair(epoch, step)[0]
+            return q, q
+        return self._drawn_pair(epoch, step)
+
+    def _drawn_pair(self, epoch: int, step: int) -> tuple[str, str]:
         names = self.conventions
         if len(names) == 1:
             return names[0], names[0]
@@ -100,5 +112,5 @@ class PairSchedule:
     def __repr__(self) -> str:
         return (
             f"PairSchedule({self.conventions}, policy={self.policy!r}, allow_same={self.allow_same}, "
-            f"anchor={self.anchor!r}, seed={self.seed})"
+            f"anchor={self.anchor!r}, seed={self.seed}, warmup_epochs={self.warmup_epochs})"
         )

@@ -53,6 +53,7 @@ class MethodSettings:
     pairing: str = "full_random"  # full_random | half_random | all_pairs
     allow_same: bool = True  # official full_random allows q == k
     anchor: str | None = None  # half_random anchor convention (default: the first)
+    warmup_epochs: int = 0  # epochs of same-convention pairs before the policy's cross-convention pairs
 
 
 @dataclass
@@ -158,7 +159,8 @@ def lr_at(settings: PretrainSettings, epoch: int) -> float:
 
 def pair_schedule(settings: PretrainSettings) -> PairSchedule:
     m = settings.method
-    return PairSchedule(settings.conventions, policy=m.pairing, allow_same=m.allow_same, anchor=m.anchor, seed=settings.seed)
+    return PairSchedule(settings.conventions, policy=m.pairing, allow_same=m.allow_same, anchor=m.anchor,
+                        seed=settings.seed, warmup_epochs=m.warmup_epochs)
 
 
 def epoch_order(settings: PretrainSettings, num_samples: int, epoch: int, rank: int = 0, world_size: int = 1):

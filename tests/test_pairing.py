@@ -87,3 +87,18 @@ def test_validation_errors_name_the_field():
         PairSchedule(CONVS, policy="half_random", anchor="coco_17")
     with pytest.raises(ConfigError, match="duplicate"):
         PairSchedule(["ntu-rgb+d", "ntu-rgb+d"])
+
+
+def test_warmup_epochs_give_same_convention_pairs_then_the_policy():
+    convs = ["ntu-rgb+d", "smplx_42", "h36m_17"]
+    plain = PairSchedule(convs, seed=3)
+    warm = PairSchedule(convs, seed=3, warmup_epochs=2)
+    for epoch in (1, 2):
+        pairs = warm.pairs_for_epoch(epoch, 60)
+        assert all(q == k for q, k in pairs)
+        assert [q for q, _ in pairs] == [q for q, _ in plain.pairs_for_epoch(epoch, 60)]  # the drawn query side
+        assert len({q for q, _ in pairs}) == 3  # every convention still trains
+    assert warm.pairs_for_epoch(3, 60) == plain.pairs_for_epoch(3, 60)
+    assert any(q != k for q, k in warm.pairs_for_epoch(3, 60))
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        PairSchedule(convs, warmup_epochs=-1)
