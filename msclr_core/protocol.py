@@ -141,17 +141,23 @@ def fit_probe(train, train_y, test, test_y, num_classes: int, probe: ProbeSettin
     run = E.ensemble_probe if ensemble else E.linear_probe
     common = dict(epochs=probe.epochs, milestones=tuple(probe.milestones), batch_size=probe.batch_size,
                   standardize=probe.standardize, seed=seed, device=device)
-    if val is not None:
-        fit_x, fit_y, val_x, val_y = train, train_y, val[0], val[1]
+    if probe.name == "standard" and val is not None:
+        # A real val split: each candidate trains on all of train, so the best one is the result.
+        runs = {lr: run(train, train_y, test, test_y, num_classes, lr=lr, val=val, **common) for lr in probe.lr_grid}
+        scores = {lr: r.history[-1]["val_top1"] for lr, r in runs.items()}
+        res = runs[max(probe.lr_grid, key=lambda c: (scores[c], -c))]  # ties: the smaller lr
     else:
-        fit, held = choose
-        take = (lambda f, i: {k: v[i] for k, v in f.items()}) if ensemble else (lambda f, i: f[i])
-        fit_x, fit_y, val_x, val_y = take(train, fit), train_y[fit], take(train, held), train_y[held]
-    grid = probe.lr_grid if probe.name == "standard" else ([probe.lr] if score_fixed and val is None else [])
-    scores = {lr: E.topk_accuracy(run(fit_x, fit_y, val_x, val_y, num_classes, lr=lr, **common).test_logits, val_y, 1)
-              for lr in grid}
-    lr = max(grid, key=lambda c: (scores[c], -c)) if probe.name == "standard" else probe.lr  # ties: smaller lr
-    res = run(train, train_y, test, test_y, num_classes, lr=lr, val=val, **common)
+        scores = {}
+        if val is None and (probe.name == "standard" or score_fixed):  # choose (or score) on held-out train rows
+            fit, held = choose
+            take = (lambda f, i: {k: v[i] for k, v in f.items()}) if ensemble else (lambda f, i: f[i])
+            for cand in probe.lr_grid if probe.name == "standard" else [probe.lr]:
+                out = run(take(train, fit), train_y[fit], take(train, held), train_y[held], num_classes, lr=cand,
+                          **common)
+                scores[cand] = E.topk_accuracy(out.test_logits, train_y[held], 1)
+        lr = max(scores, key=lambda c: (scores[c], -c)) if probe.name == "standard" else probe.lr
+        res = run(train, train_y, test, test_y, num_classes, lr=lr, val=val, **common)  # refit on all of train
+    lr = res.protocol["lr"]
     val_top1 = res.history[-1]["val_top1"] if val is not None else scores.get(lr)
     res.protocol.update(probe=probe.name, lr_chosen_on="validation" if probe.name == "standard" else "fixed",
                         lr_scores={str(k): round(v, 4) for k, v in scores.items()}, val_top1=val_top1)
@@ -252,26 +258,28 @@ def evaluate_raw(data: dict, labels: dict, num_classes: int, settings: EvalSetti
             for part, arrays in data.items()}
     report = evaluate_features(flat, y, num_classes, s, "raw", device=device, score_fixed=True)
     val = "val" in flat
-    fit, held = (np.arange(len(y["train"])), None) if val else holdout(y["train"], s.val_fraction, s.seed)
+    fit, held = (None, None) if val else holdout(y["train"], s.val_fraction, s.seed)
     for row in report.rows:
         c = row["convention"]
         tr, ty = flat["train"][c], torch.as_tensor(y["train"])
-        if val:  # choose l2 on the val split, train on all of train
-            choice = _ridge_logits(tr, ty, [flat["val"][c]], num_classes, s.ridge_l2)
+        if val:  # l2 chosen on the val split; the same solve gives the test logits
+            outs = _ridge_logits(tr, ty, [flat["val"][c], flat["test"][c]], num_classes, s.ridge_l2)
             val_y = torch.as_tensor(y["val"])
         else:
-            choice = _ridge_logits(tr[fit], ty[fit], [tr[held]], num_classes, s.ridge_l2)
+            outs = _ridge_logits(tr[fit], ty[fit], [tr[held]], num_classes, s.ridge_l2)
             val_y = ty[held]
-        val_acc = [E.topk_accuracy(out[0], val_y, 1) for out in choice]
+        val_acc = [E.topk_accuracy(out[0], val_y, 1) for out in outs]
         best = int(np.argmax(val_acc))
         probe_val = row["val_top1"]
         if val_acc[best] > probe_val:
-            test_logits = _ridge_logits(tr, ty, [flat["test"][c]], num_classes, [s.ridge_l2[best]])[0][0]
+            test_logits = (outs[best][1] if val else  # refit on all of train with the chosen l2
+                           _ridge_logits(tr, ty, [flat["test"][c]], num_classes, [s.ridge_l2[best]])[0][0])
             yt = torch.as_tensor(y["test"])
             row.update(linear_top1=E.topk_accuracy(test_logits, yt, 1), linear_top5=E.topk_accuracy(test_logits, yt, 5),
                        probe=f"ridge(l2={s.ridge_l2[best]:g})", probe_lr=None, collapsed=collapsed(test_logits),
                        test_selected_top1=None, val_top1=val_acc[best])
-            row.pop("best_val_epoch", None), row.pop("test_top1_at_best_val", None)
+            for key in ("best_val_epoch", "test_top1_at_best_val"):  # epochs of the probe, not the ridge
+                row.pop(key, None)
             report.test_logits[f"raw/{c}"] = test_logits.numpy()
         row["raw_val_scores"] = {"probe": round(probe_val, 4), "ridge": round(val_acc[best], 4)}
     report.protocol["raw_train_samples"] = len(keep)

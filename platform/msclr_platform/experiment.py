@@ -188,8 +188,8 @@ def run_evaluation(cfg: ExperimentConfig, state: dict | None, *, parent_run_id: 
     )  # fmt: skip
     try:
         report = evaluate_run(cfg, state, label=label, references=references)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
+    except BaseException as err:
+        client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     log_params(client, run_id, {f"protocol.{k}": v for k, v in report.protocol.items()})
     now = int(time.time() * 1000)

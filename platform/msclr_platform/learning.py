@@ -39,11 +39,6 @@ def _point(report: P.EvalReport, label: str, convs: list[str]) -> dict:
     return out
 
 
-def _health(encoder, data: dict, stream: str, settings: P.EvalSettings) -> dict:
-    feats = P.encode(encoder, {"test": data["test"]}, stream, settings)["test"]
-    return representation_health(feats)
-
-
 def run_study(cfg: ExperimentConfig, data: dict, labels: dict, num_classes: int, *, budgets: list[int],
               seeds: list[int], log=print, on_point=None) -> dict:
     """data/labels as msclr_platform.evaluate.load_eval_data gives them. Returns the raw points
@@ -76,12 +71,12 @@ def run_study(cfg: ExperimentConfig, data: dict, labels: dict, num_classes: int,
                 stats = train_epoch(net, opt, {c: train[c] for c in convs}, s, epoch)
                 if epoch not in budgets:
                     continue
-                enc = frozen_encoder(s, net.state_dict())
                 sub = {part: {c: arrays[c] for c in convs} for part, arrays in data.items()}
-                rep = P.evaluate_encoder(enc, sub, labels, num_classes, ev, label=model, stream=cfg.stream)
+                feats = P.encode(frozen_encoder(s, net.state_dict()), sub, cfg.stream, ev)  # once: probe and health
+                rep = P.evaluate_features(feats, labels, num_classes, ev, model)
                 point = {"model": model, "seed": seed, "epochs": epoch, "steps": stats["steps"] * epoch,
                          "loss": stats["loss"], "instance_acc": stats["acc"], "train_s": time.perf_counter() - t0,
-                         **_point(rep, model, convs), **_health(enc, sub, cfg.stream, ev)}
+                         **_point(rep, model, convs), **representation_health(feats["test"])}
                 points.append(point)
                 log(f"learning: {model} seed {seed} epoch {epoch}: linear top-1 "
                     f"{point[f'linear_top1.{convs[0]}']:.3f}, loss {stats['loss']:.3f}")

@@ -57,7 +57,12 @@ def quickstart(config: str | None = None, overrides=None, clips: int = 1200, tag
     baseline = dataclasses.replace(cfg, name=f"quickstart-baseline-{tag}", conventions=cfg.conventions[:1],
                                    eval=dataclasses.replace(cfg.eval, references=[]))
     t0 = time.perf_counter()
-    results = {"msclr": run_experiment(msclr, parent_run_id=parent_id), "baseline": run_experiment(baseline, parent_run_id=parent_id)}
+    try:
+        results = {"msclr": run_experiment(msclr, parent_run_id=parent_id),
+                   "baseline": run_experiment(baseline, parent_run_id=parent_id)}
+    except BaseException as err:  # the parent run ends in a true state too
+        client.set_terminated(parent_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
     client.set_terminated(parent_id, "FINISHED")
 
     rows = []

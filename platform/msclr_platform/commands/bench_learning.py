@@ -37,19 +37,27 @@ def _log_mlflow(cfg, result: dict, plot_path) -> str:
     client = MlflowClient(uri)
     tag = time.strftime("%Y%m%d-%H%M%S")
     parent, _ = get_or_create_run(client, cfg.tracking.experiment, f"learning-{tag}", tags={"msclr.kind": "learning"})
-    log_params(client, parent, {"budgets": result["budgets"], "seeds": result["seeds"],
-                                "conventions": result["conventions"]})
-    for (model, seed) in sorted({(p["model"], p["seed"]) for p in result["points"]}):
-        child, _ = get_or_create_run(client, cfg.tracking.experiment, f"learning-{tag}-{model}-seed{seed}",
-                                     parent_run_id=parent, tags={"msclr.kind": "learning-point", "model": model})
-        now = int(time.time() * 1000)
-        metrics = [Metric(metric_key(k), float(v), now, p["epochs"]) for p in result["points"]
-                   if p["model"] == model and p["seed"] == seed for k, v in p.items()
-                   if k not in ("model", "seed") and isinstance(v, (int, float))]
-        client.log_batch(child, metrics=metrics)
-        client.set_terminated(child, "FINISHED")
-    if plot_path:
-        client.log_artifact(parent, str(plot_path))
+    try:
+        log_params(client, parent, {"budgets": result["budgets"], "seeds": result["seeds"],
+                                    "conventions": result["conventions"]})
+        for (model, seed) in sorted({(p["model"], p["seed"]) for p in result["points"]}):
+            child, _ = get_or_create_run(client, cfg.tracking.experiment, f"learning-{tag}-{model}-seed{seed}",
+                                         parent_run_id=parent, tags={"msclr.kind": "learning-point", "model": model})
+            now = int(time.time() * 1000)
+            metrics = [Metric(metric_key(k), float(v), now, p["epochs"]) for p in result["points"]
+                       if p["model"] == model and p["seed"] == seed for k, v in p.items()
+                       if k not in ("model", "seed") and isinstance(v, (int, float))]
+            try:
+                client.log_batch(child, metrics=metrics)
+            except BaseException:
+                client.set_terminated(child, "FAILED")
+                raise
+            client.set_terminated(child, "FINISHED")
+        if plot_path:
+            client.log_artifact(parent, str(plot_path))
+    except BaseException:
+        client.set_terminated(parent, "FAILED")
+        raise
     client.set_terminated(parent, "FINISHED")
     return parent
 
