@@ -11,6 +11,10 @@ whether two skeleton conventions of one clip land together:
   positive_cosine / negative_cosine
                    cosine of the same clip across conventions vs of different clips;
                    positive well above negative means the conventions agree per clip.
+  bn_mismatch      per convention: how far the clips' own statistics at every BatchNorm
+                   layer are from the running statistics eval mode applies to them (the
+                   blocks' BN layers are shared by all conventions, so their running
+                   statistics are a mixture; a convention far from it is mis-normalised).
 
 Plain functions on torch tensors (numpy arrays are accepted), returning Python floats,
 computed in float64.
@@ -28,7 +32,7 @@ from msclr_core.errors import DataError
 
 __all__ = [
     "effective_rank", "alignment", "uniformity",
-    "positive_cosine", "negative_cosine", "representation_health",
+    "positive_cosine", "negative_cosine", "representation_health", "bn_mismatch",
 ]
 
 
@@ -144,3 +148,43 @@ def representation_health(feats: dict[str, torch.Tensor]) -> dict[str, float]:
         out[f"pos_cos.{key}"] = positive_cosine(za, zb)
         out[f"neg_cos.{key}"] = negative_cosine(za, zb)
     return out
+
+
+def bn_mismatch(encoder: torch.nn.Module, x: torch.Tensor, conv: str, eps: float = 1e-5) -> dict[str, float]:
+    """Eval-mode BatchNorm statistics against the statistics of one convention's clips.
+
+    ``encoder.features(x, conv)`` runs once in eval mode; at every BatchNorm layer it passes
+    (its own data-BN and the shared blocks' BNs) the batch mean and variance of the layer's
+    input per channel are compared with the layer's running statistics:
+      ``bn_shift.<conv>``  mean over channels and layers of |batch mean - running mean| /
+                           running std (0 when the running mean fits this convention);
+      ``bn_logvar.<conv>`` mean of |log(batch var / running var)| (0 when the scale fits).
+    ``x`` is the model's input (N x C x T x V x M, already in the stream), N >= 2.
+    """
+    stats: list[tuple[float, float]] = []
+
+    def hook(module, inputs, _output):
+        h = inputs[0].detach().to(torch.float64)
+        dims = [d for d in range(h.dim()) if d != 1]
+        mean, var = h.mean(dim=dims), h.var(dim=dims, unbiased=False)
+        run_mean = module.running_mean.to(torch.float64)
+        run_var = module.running_var.to(torch.float64) + eps
+        stats.append((float(((mean - run_mean).abs() / run_var.sqrt()).mean()),
+                      float(((var + eps) / run_var).log().abs().mean())))
+
+    layers = [m for m in encoder.modules()
+              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    was_training = encoder.training
+    try:
+        encoder.eval()
+        with torch.no_grad():
+            encoder.features(x, conv)
+    finally:
+        for h in handles:
+            h.remove()
+        encoder.train(was_training)
+    if not stats:
+        raise DataError("the encoder ran no BatchNorm layer with running statistics", field=conv)
+    return {f"bn_shift.{conv}": sum(s for s, _ in stats) / len(stats),
+            f"bn_logvar.{conv}": sum(v for _, v in stats) / len(stats)}

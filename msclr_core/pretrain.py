@@ -70,6 +70,10 @@ class OptimSettings:
     # The official loader visits every clip once per convention per epoch ("extended"
     # epochs). None keeps that; an explicit number makes the iteration budget explicit.
     passes_per_epoch: int | None = None
+    # lr multiplier for the per-convention parameters (data-BN and edge importance). Each
+    # convention's own parameters get gradients only on the steps that draw that convention,
+    # so with several conventions they see fewer updates than the shared blocks.
+    convention_lr_mult: float = 1.0
 
 
 @dataclass
@@ -145,9 +149,14 @@ def frozen_encoder(settings: PretrainSettings, state: dict | None = None):
 
 def build_optimizer(model: torch.nn.Module, settings: PretrainSettings) -> torch.optim.Optimizer:
     o = settings.optim
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for _, p in named], "lr_mult": 1.0}]
+    if o.convention_lr_mult != 1.0:  # one group otherwise: checkpoints keep their layout
+        own = [("data_bn." in n or "edge_importance." in n) for n, _ in named]
+        groups = [{"params": [p for (_, p), o_ in zip(named, own) if not o_], "lr_mult": 1.0},
+                  {"params": [p for (_, p), o_ in zip(named, own) if o_], "lr_mult": o.convention_lr_mult}]
     return torch.optim.SGD(
-        params, lr=settings.base_lr(), momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
+        groups, lr=settings.base_lr(), momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
     )
 
 
@@ -155,6 +164,14 @@ def lr_at(settings: PretrainSettings, epoch: int) -> float:
     """Step schedule, epochs 1-based: lr * decay^(number of decay epochs already passed)."""
     passed = sum(1 for e in settings.optim.lr_decay_epochs if epoch > e)
     return settings.base_lr() * settings.optim.lr_decay**passed
+
+
+def set_epoch_lr(optimizer: torch.optim.Optimizer, settings: PretrainSettings, epoch: int) -> float:
+    """Apply the epoch's lr to every group (times the group's lr_mult); return the base lr."""
+    lr = lr_at(settings, epoch)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+    return lr
 
 
 def pair_schedule(settings: PretrainSettings) -> PairSchedule:
@@ -204,9 +221,7 @@ def train_epoch(
     """
     device = torch.device(device)
     num_samples = next(iter(data.values())).shape[0]
-    lr = lr_at(settings, epoch)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    lr = set_epoch_lr(optimizer, settings, epoch)
     torch.manual_seed(_mix(settings.seed, epoch, rank, 0xD0))  # dropout masks
     schedule = pair_schedule(settings)
     model.train()

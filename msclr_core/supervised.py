@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .augment import normal_view
 from .errors import ConfigError, DataError
 from .model import UnifiedSTGCN
-from .pretrain import PretrainSettings, _mix, epoch_order, frozen_encoder, lr_at, pair_schedule
+from .pretrain import PretrainSettings, _mix, build_optimizer, epoch_order, frozen_encoder, pair_schedule, set_epoch_lr
 from .streams import to_stream
 
 
@@ -72,17 +72,14 @@ def train_supervised(settings: PretrainSettings, data: dict[str, torch.Tensor], 
     encoder.to(device)
     classifier = torch.nn.Linear(encoder.hidden_dim, int(num_classes)).to(device)
     o = settings.optim
-    params = [*encoder.parameters(), *classifier.parameters()]
-    optimizer = torch.optim.SGD(params, lr=settings.base_lr(), momentum=o.momentum,
-                                weight_decay=o.weight_decay, nesterov=o.nesterov)
+    optimizer = build_optimizer(torch.nn.ModuleList([encoder, classifier]), settings)
     schedule = pair_schedule(settings)
     y_dev = y.to(device)
     encoder.train()
     classifier.train()
     total_steps = 0
     for epoch in range(1, o.epochs + 1):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(settings, epoch)
+        set_epoch_lr(optimizer, settings, epoch)
         torch.manual_seed(_mix(settings.seed, epoch, 0, 0x5D))  # dropout masks
         loss_sum = torch.zeros((), device=device)  # on device: no per-step host sync
         correct = torch.zeros((), device=device)

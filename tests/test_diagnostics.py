@@ -188,3 +188,32 @@ def test_health_bad_shape_names_field(bad):
 def test_pair_metrics_reject_mismatched_rows():
     with pytest.raises(DataError, match="z2"):
         alignment(torch.randn(5, 3), torch.randn(6, 3))
+
+
+# ------------------------------------------------------------------ BN statistics per convention
+
+def test_bn_mismatch_small_for_the_fitted_convention_large_for_the_other():
+    """Running statistics fitted on ntu-rgb+d clips (one train-mode pass, cumulative average)
+    fit those clips in eval mode; smplx_42 clips, offset and scaled, and never seen by their own
+    data-BN, do not."""
+    from msclr_core.diagnostics import bn_mismatch
+    from msclr_core.model import UnifiedSTGCN
+
+    torch.manual_seed(0)
+    model = UnifiedSTGCN(["ntu-rgb+d", "smplx_42"], hidden_channels=4, hidden_dim=8, num_blocks=3,
+                         dropout=0.0, head=None)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative average: one pass sets the batch statistics exactly
+    a = torch.randn(16, 3, 12, 25, 2, generator=_gen(2))
+    b = 5.0 * torch.randn(16, 3, 12, 42, 2, generator=_gen(3)) + 3.0
+    model.train()
+    with torch.no_grad():
+        model.features(a, "ntu-rgb+d")
+    fitted, other = bn_mismatch(model, a, "ntu-rgb+d"), bn_mismatch(model, b, "smplx_42")
+    assert set(fitted) == {"bn_shift.ntu-rgb+d", "bn_logvar.ntu-rgb+d"}
+    assert fitted["bn_shift.ntu-rgb+d"] < 0.05 and fitted["bn_logvar.ntu-rgb+d"] < 0.1
+    assert other["bn_shift.smplx_42"] > 0.5 and other["bn_logvar.smplx_42"] > 1.0
+    assert model.training  # eval() only for the check: the previous flag is restored
+    model.eval()
+    assert bn_mismatch(model, a, "ntu-rgb+d") == fitted and not model.training

@@ -48,7 +48,8 @@ def test_tiny_learning_study_end_to_end(tmp_path, mlflow_server, msclr_home):
     for e in (1, 2):
         assert len({p["steps"] for p in result["points"] if p["epochs"] == e}) == 1
     msclr_point = next(p for p in result["points"] if p["model"] == "msclr")
-    assert {"erank.ntu-rgb+d", "pos_cos.ntu-rgb+d|smplx_42", "linear_top1.ensemble"} <= set(msclr_point)
+    assert {"erank.ntu-rgb+d", "pos_cos.ntu-rgb+d|smplx_42", "linear_top1.ensemble",
+            "bn_shift.ntu-rgb+d", "bn_logvar.smplx_42"} <= set(msclr_point)
     assert [r["epochs"] for r in result["summary"]] == [1, 2]
     for name in ("raw", "random-init", "supervised"):
         assert len(result["references"][name]) == (1 if name == "raw" else 2)
@@ -61,3 +62,24 @@ def test_tiny_learning_study_end_to_end(tmp_path, mlflow_server, msclr_home):
     assert len(children) == 4  # (msclr, single) x 2 seeds
     hist = client.get_metric_history(children[0].info.run_id, "linear_top1.ntu-rgb_d")
     assert [m.step for m in hist] == [1, 2]
+
+
+@pytest.mark.slow
+def test_ab_mode_trains_only_msclr_and_reads_the_initial_encoder(tmp_path, msclr_home):
+    """`--models msclr --no-references` (an A/B of one setting) and budget 0 (the initial encoder)."""
+    from msclr_platform.cli import main
+
+    out = tmp_path / "ab.json"
+    sets = ["model.num_blocks=2", "model.hidden_dim=16", "optim.batch_size=32", "method.queue_size=128",
+            "eval.knn_k=5", "optim.convention_lr_mult=2.0"]
+    argv = ["bench", "learning", "--clips", "240", "--budgets", "0", "1", "--seeds", "1", "--models", "msclr",
+            "--no-references", "--no-mlflow", "--out", str(out)] + [a for s in sets for a in ("--set", s)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert [(p["model"], p["epochs"]) for p in result["points"]] == [("msclr", 0), ("msclr", 1)]
+    assert result["points"][0]["steps"] == 0 and result["points"][1]["steps"] >= 1
+    assert result["references"] == {"raw": [], "random-init": [], "supervised": []}
+    assert [set(r) & {"single", "verdict"} for r in result["summary"]] == [set(), set()]
+    init, trained = result["points"]
+    assert init["loss"] is None and trained["loss"] > 0
+    assert init["bn_shift.ntu-rgb+d"] != trained["bn_shift.ntu-rgb+d"]  # training moved the BN statistics

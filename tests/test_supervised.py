@@ -129,3 +129,22 @@ def test_invalid_inputs_raise_typed_errors(synth):
         train_supervised(settings(), small, torch.full((64,), k), k)  # out of range
     with pytest.raises(ConfigError, match="num_classes"):
         train_supervised(settings(), small, torch.zeros(64, dtype=torch.long), 1)
+
+
+def test_convention_lr_mult_scales_only_the_per_convention_parameters():
+    """optim.convention_lr_mult: data-BN and edge importance get lr x mult in pretraining and in
+    the supervised reference; 1.0 keeps one parameter group (checkpoint layout unchanged)."""
+    from msclr_core.pretrain import build_optimizer, set_epoch_lr
+
+    s = settings(lr=0.05)
+    model = build_model(s)
+    assert len(build_optimizer(model, s).param_groups) == 1
+    s.optim.convention_lr_mult = 10.0
+    opt = build_optimizer(model, s)
+    shared, own = opt.param_groups
+    own_ids = {id(p) for n, p in model.named_parameters()
+               if p.requires_grad and ("data_bn." in n or "edge_importance." in n)}
+    assert own_ids and {id(p) for p in own["params"]} == own_ids
+    assert not own_ids & {id(p) for p in shared["params"]}
+    assert set_epoch_lr(opt, s, 1) == pytest.approx(0.05)
+    assert shared["lr"] == pytest.approx(0.05) and own["lr"] == pytest.approx(0.5)

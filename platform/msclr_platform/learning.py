@@ -10,7 +10,8 @@ step): one run per (model, seed) gives the whole curve. The references are the s
 on the raw input, on the random-init encoder (per seed) and on the supervised encoder at
 the largest budget (per seed). Each point is the mean over seeds (pretraining and probe
 seed) with its standard deviation; two curves differ only where the gap exceeds the sum of
-their spreads. Representation health (msclr_core.diagnostics) is recorded at every budget.
+their spreads. Representation health and the BN-statistics mismatch per convention (msclr_core.diagnostics)
+are recorded at every budget.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import time
 import torch
 
 from msclr_core import protocol as P
-from msclr_core.diagnostics import representation_health
+from msclr_core.diagnostics import bn_mismatch, representation_health
 from msclr_core.pretrain import build_model, build_optimizer, frozen_encoder, train_epoch
+from msclr_core.streams import to_stream
 from msclr_core.supervised import train_supervised
 
 from .config import ExperimentConfig
@@ -40,50 +42,67 @@ def _point(report: P.EvalReport, label: str, convs: list[str]) -> dict:
 
 
 def run_study(cfg: ExperimentConfig, data: dict, labels: dict, num_classes: int, *, budgets: list[int],
-              seeds: list[int], log=print, on_point=None) -> dict:
+              seeds: list[int], models: tuple[str, ...] = ("msclr", "single"), references: bool = True,
+              log=print, on_point=None) -> dict:
     """data/labels as msclr_platform.evaluate.load_eval_data gives them. Returns the raw points
-    (one per model, seed and budget), the references and the per-budget summary."""
+    (one per model, seed and budget), the references and the per-budget summary. For an A/B of
+    one setting, `models=("msclr",), references=False` trains only what the A/B changes."""
     budgets = sorted(set(budgets))
+    if budgets[0] < 0:
+        raise ValueError(f"budgets are epochs >= 0, got {budgets[0]}")
     if cfg.optim.lr_decay_epochs and min(cfg.optim.lr_decay_epochs) < budgets[-1]:
         raise ValueError("the study reads budgets off one run: use a constant learning rate "
                          f"(optim.lr_decay_epochs beyond {budgets[-1]})")
     settings_eval = cfg.eval.settings()
-    models = {"msclr": list(cfg.conventions), "single": list(cfg.conventions[:1])}
+    models = {m: {"msclr": list(cfg.conventions), "single": list(cfg.conventions[:1])}[m] for m in models}
     train = {c: torch.from_numpy(x) for c, x in data["train"].items()}
     points, refs = [], {"raw": [], "random-init": [], "supervised": []}
-    raw = P.evaluate_raw(data, labels, num_classes, settings_eval)
-    refs["raw"].append(raw.row("raw", cfg.conventions[0])["linear_top1"])
+    if references:
+        raw = P.evaluate_raw(data, labels, num_classes, settings_eval)
+        refs["raw"].append(raw.row("raw", cfg.conventions[0])["linear_top1"])
     for seed in seeds:
         ev = dataclasses.replace(settings_eval, seed=seed)
         base = dataclasses.replace(cfg, seed=seed, optim=dataclasses.replace(cfg.optim, epochs=budgets[-1]))
-        rand = P.evaluate_encoder(frozen_encoder(base.pretrain_settings()), data, labels, num_classes, ev,
-                                  label="random-init", stream=cfg.stream)
-        refs["random-init"].append(rand.row("random-init", cfg.conventions[0])["linear_top1"])
-        sup = train_supervised(base.pretrain_settings(), train, labels["train"], num_classes)
-        report = P.evaluate_encoder(sup, data, labels, num_classes, ev, label="supervised", stream=cfg.stream)
-        refs["supervised"].append(report.row("supervised", cfg.conventions[0])["linear_top1"])
+        if references:
+            _seed_references(refs, base, data, labels, num_classes, ev, train)
         for model, convs in models.items():
             s = dataclasses.replace(base, conventions=convs).pretrain_settings()
             net = build_model(s)
             opt = build_optimizer(net, s)
             t0 = time.perf_counter()
-            for epoch in range(1, budgets[-1] + 1):
-                stats = train_epoch(net, opt, {c: train[c] for c in convs}, s, epoch)
+            stats = {"steps": 0, "loss": None, "acc": None}  # budget 0: the initial encoder
+            for epoch in range(0 if 0 in budgets else 1, budgets[-1] + 1):
+                if epoch:
+                    stats = train_epoch(net, opt, {c: train[c] for c in convs}, s, epoch)
                 if epoch not in budgets:
                     continue
                 sub = {part: {c: arrays[c] for c in convs} for part, arrays in data.items()}
-                feats = P.encode(frozen_encoder(s, net.state_dict()), sub, cfg.stream, ev)  # once: probe and health
+                encoder = frozen_encoder(s, net.state_dict())
+                feats = P.encode(encoder, sub, cfg.stream, ev)  # once: probe and health
                 rep = P.evaluate_features(feats, labels, num_classes, ev, model)
+                bn = {k: v for c in convs for k, v in bn_mismatch(
+                    encoder, to_stream(torch.as_tensor(data["test"][c][:256]), c, cfg.stream), c).items()}
                 point = {"model": model, "seed": seed, "epochs": epoch, "steps": stats["steps"] * epoch,
                          "loss": stats["loss"], "instance_acc": stats["acc"], "train_s": time.perf_counter() - t0,
-                         **_point(rep, model, convs), **representation_health(feats["test"])}
+                         **_point(rep, model, convs), **representation_health(feats["test"]), **bn}
                 points.append(point)
                 log(f"learning: {model} seed {seed} epoch {epoch}: linear top-1 "
-                    f"{point[f'linear_top1.{convs[0]}']:.3f}, loss {stats['loss']:.3f}")
+                    f"{point[f'linear_top1.{convs[0]}']:.3f}, loss {stats['loss']}")
                 if on_point is not None:
                     on_point(point)
     return {"points": points, "references": refs, "summary": summarize(points, refs, cfg.conventions[0]),
             "budgets": budgets, "seeds": seeds, "conventions": list(cfg.conventions)}
+
+
+def _seed_references(refs: dict, base: ExperimentConfig, data, labels, num_classes, ev, train) -> None:
+    """The random-init and supervised references of one seed (same split and probe)."""
+    conv, stream = base.conventions[0], base.stream
+    rand = P.evaluate_encoder(frozen_encoder(base.pretrain_settings()), data, labels, num_classes, ev,
+                              label="random-init", stream=stream)
+    refs["random-init"].append(rand.row("random-init", conv)["linear_top1"])
+    sup = train_supervised(base.pretrain_settings(), train, labels["train"], num_classes)
+    report = P.evaluate_encoder(sup, data, labels, num_classes, ev, label="supervised", stream=stream)
+    refs["supervised"].append(report.row("supervised", conv)["linear_top1"])
 
 
 def _stat(values: list[float]) -> dict:
@@ -103,10 +122,11 @@ def summarize(points: list[dict], refs: dict, conv: str) -> list[dict]:
             vals = [p[key] for p in at if p["model"] == model.split("_")[0] and key in p]
             if vals:
                 row[model] = _stat(vals)
-        gap = row["msclr"]["mean"] - row["single"]["mean"]
-        row["msclr_minus_single"] = gap
-        row["verdict"] = ("no difference" if abs(gap) <= row["msclr"]["std"] + row["single"]["std"]
-                          else "MS-CLR better" if gap > 0 else "single skeleton better")
+        if "msclr" in row and "single" in row:
+            gap = row["msclr"]["mean"] - row["single"]["mean"]
+            row["msclr_minus_single"] = gap
+            row["verdict"] = ("no difference" if abs(gap) <= row["msclr"]["std"] + row["single"]["std"]
+                              else "MS-CLR better" if gap > 0 else "single skeleton better")
         rows.append(row)
     for name, vals in refs.items():
         for row in rows:

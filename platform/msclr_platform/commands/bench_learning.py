@@ -16,8 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="experiment YAML (default: experiments/quickstart.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--clips", type=int, default=1200, help="size of the synthetic benchmark")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 4, 8], help="pretraining epochs to evaluate")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 4, 8],
+                        help="pretraining epochs to evaluate (0: the initial encoder)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per point (pretraining and probe seed)")
+    parser.add_argument("--models", nargs="+", choices=["msclr", "single"], default=["msclr", "single"],
+                        help="which models to pretrain (an A/B of one setting needs only msclr)")
+    parser.add_argument("--no-references", action="store_true",
+                        help="skip the raw, random-init and supervised references (A/Bs)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     parser.add_argument("--plot", help="write the learning-curve PNG here")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -78,7 +83,8 @@ def main(args) -> int:
     cfg = load_config(args.config or DEFAULT_CONFIG, [f"data.path={data_dir}", *args.overrides])
     ensure_synth_dataset(Path(cfg.data.path), args.clips, conventions=["ntu-rgb+d", "smplx_42", "smpl_24", "h36m_17"])
     data, labels, k = load_eval_data(cfg)
-    result = run_study(cfg, data, labels, k, budgets=args.budgets, seeds=list(range(args.seeds)))
+    result = run_study(cfg, data, labels, k, budgets=args.budgets, seeds=list(range(args.seeds)),
+                       models=tuple(args.models), references=not args.no_references)
     if args.out:  # the measurements first: nothing after this may lose them
         from msclr_core.io_utils import atomic_write_text
 
@@ -88,10 +94,13 @@ def main(args) -> int:
         learning_curves(result["summary"], cfg.conventions[0], plot)
         if not args.no_mlflow:
             result["mlflow_parent_run"] = _log_mlflow(cfg, result, plot)
-    lines = [f"{r['epochs']:>4} ep: MS-CLR {r['msclr']['mean']:.3f}±{r['msclr']['std']:.3f}  single "
-             f"{r['single']['mean']:.3f}±{r['single']['std']:.3f}  ({r['verdict']})" for r in result["summary"]]
+    names = {"msclr": "MS-CLR", "msclr_ensemble": "ensemble", "single": "single"}
+    lines = [f"{r['epochs']:>4} ep: " + "  ".join(f"{n} {r[k]['mean']:.3f}±{r[k]['std']:.3f}"
+                                                   for k, n in names.items() if k in r)
+             + (f"  ({r['verdict']})" if "verdict" in r else "") for r in result["summary"]]
     ref = result["summary"][0]
-    lines.append("references: " + ", ".join(f"{n} {ref[n]['mean']:.3f}±{ref[n]['std']:.3f}"
-                                             for n in ("raw", "random-init", "supervised") if ref.get(n)))
+    refs = [f"{n} {ref[n]['mean']:.3f}±{ref[n]['std']:.3f}" for n in ("raw", "random-init", "supervised") if ref.get(n)]
+    if refs:
+        lines.append("references: " + ", ".join(refs))
     emit_report(args, result, "\n".join(lines))
     return 0
