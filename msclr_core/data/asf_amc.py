@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from msclr_core.errors import DataError
+from msclr_core.io_utils import read_regular_bytes
 
 from .kinematics import MocapClip, _compose, finite_float, positions_f32
 
@@ -36,7 +37,7 @@ class _Bone:
 
 def _read_lines(path: Path) -> list[str]:
     try:
-        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return read_regular_bytes(path).decode("utf-8", errors="replace").splitlines()
     except OSError as err:
         raise DataError(f"cannot read file: {err.strerror or err}", path=path) from None
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from msclr_core.errors import DataError
+from msclr_core.io_utils import read_regular_bytes
 
 from .kinematics import UNITS_M, MocapClip, _compose, finite_float, positions_f32, whole_count
 
@@ -24,7 +25,7 @@ CHANNELS = {f"{a}{k}" for a in "xyz" for k in ("position", "rotation")}
 
 def _bvh_tokens(path: Path):
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = read_regular_bytes(path).decode("utf-8", errors="replace")
     except OSError as err:
         raise DataError(f"cannot read BVH file: {err.strerror or err}", path=path) from None
     lines = text.splitlines()

@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from msclr_core.errors import DataError
+from msclr_core.io_utils import open_regular, read_regular_bytes
 
+from .finite import CHECK_CHUNK_BYTES, nonfinite_rows
 from .safe_pickle import short_repr
 
 FORMAT, VERSION = "msclr-dataset", 1
 UNITS = {"m": 1.0, "mm": 1e-3, "px": None}  # factor to metres (px: no metric conversion)
-CHECK_CHUNK_BYTES = 64 << 20  # check_dataset scans memmaps in chunks of at most this size
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,13 @@ class Dataset:
 def open_npy(path: Path, *, field: str, mmap: bool = True, sample=None) -> np.ndarray:
     """A plain numeric .npy as a read-only memmap (or in memory with mmap=False).
 
-    Everything else is a DataError naming `path` and `field`: no file, a pickle or .npz
-    under a .npy name, a header numpy cannot parse, object/string/structured dtypes, and
-    data shorter or longer than the header says (a truncated copy)."""
+    Everything else is a DataError naming `path` and `field`: no file, not a regular file
+    (a FIFO would block forever), a pickle or .npz under a .npy name, a header numpy cannot
+    parse, object/string/structured dtypes, and data shorter or longer than the header
+    says (a truncated copy)."""
     fmt = np.lib.format
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, sample=sample, field=field) as f:
             version = fmt.read_magic(f)
             read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
             if read is None:
@@ -110,6 +112,8 @@ def open_npy(path: Path, *, field: str, mmap: bool = True, sample=None) -> np.nd
     except OSError as err:
         raise DataError(f"cannot read array file: {err.strerror or err}", path=path, sample=sample,
                         field=field) from None
+    except DataError:
+        raise
     except Exception as err:  # noqa: BLE001 - numpy's header parser raises ValueError, SyntaxError, TokenError...
         raise DataError(f"not a readable .npy file: {short_repr(str(err))}", path=path, sample=sample,
                         field=field) from None
@@ -155,14 +159,15 @@ def _array_path(root: Path, fname, mpath: Path, fld: str, allow_absolute: bool) 
 
 def _read_manifest(root: Path) -> dict:
     path = root / "manifest.json"
-    if not path.is_file():
+    if not path.exists():
         raise DataError("not a dataset directory (manifest.json missing)", path=path)
     try:
-        raw = path.read_bytes()
-        text = raw.decode("utf-8")
-        manifest = json.loads(text)
+        raw = read_regular_bytes(path)
     except OSError as err:
         raise DataError(f"cannot read manifest: {err.strerror or err}", path=path) from None
+    try:
+        text = raw.decode("utf-8")
+        manifest = json.loads(text)
     except UnicodeDecodeError as err:
         raise DataError(f"not UTF-8 text: {err.reason}", path=path, line=raw.count(b"\n", 0, err.start) + 1) from None
     except json.JSONDecodeError as err:
@@ -252,7 +257,7 @@ def _parse(root: Path, manifest: dict) -> tuple[Dataset, list[DataError]]:
         if shape[3] != conv.num_joints:
             problems.append(DataError(f"V={shape[3]} but convention {cname!r} has {conv.num_joints} joints",
                                       path=mpath, field=f"{fld}.shape"))
-        if not apath.is_file():
+        if not apath.exists():
             problems.append(DataError("array file missing", path=apath, field=f"{fld}.file"))
         else:
             try:
@@ -317,11 +322,16 @@ def check_dataset(root: str | os.PathLike) -> dict:
     report["conventions"] = {c: {"shape": list(i.shape), "unit": i.unit} for c, i in ds.conventions.items()}
 
     names = ds.sample_names
+    if not len(ds):
+        report["problems"].append(f"{root / 'manifest.json'}: the dataset has no samples (samples.name is empty)")
+    if not ds.splits:
+        report["problems"].append(f"{root / 'manifest.json'}: no split protocol (splits is empty)")
     if len(set(names)) != len(names):
         report["problems"].append(f"{len(names) - len(set(names))} duplicate sample name(s) in samples.name")
 
     for proto, parts in ds.splits.items():
         report["splits"][proto] = {part: int(len(idx)) for part, idx in parts.items()}
+        report["problems"] += [f"splits.{proto}.{part}: empty (no samples)" for part, idx in parts.items() if not len(idx)]
         valid = {p: idx[(idx >= 0) & (idx < len(ds))] for p, idx in parts.items()}
         for part, idx in valid.items():
             if len(np.unique(idx)) != len(idx):
@@ -344,15 +354,9 @@ def check_dataset(root: str | os.PathLike) -> dict:
             continue  # already reported by _parse
         if arr.dtype != np.float32 or arr.shape != info.shape or arr.shape[0] != len(ds):
             continue  # already reported by _parse
-        row_bytes = max(1, int(np.prod(arr.shape[1:])) * arr.itemsize)
-        step = max(1, CHECK_CHUNK_BYTES // row_bytes)
-        nonfinite_rows: list[int] = []
-        for start in range(0, arr.shape[0], step):
-            block = np.asarray(arr[start:start + step]).reshape(min(step, arr.shape[0] - start), -1)
-            bad = ~np.isfinite(block).all(axis=1)
-            nonfinite_rows += (np.flatnonzero(bad) + start).tolist()
-        if nonfinite_rows:
-            report["problems"].append(f"{info.file}: {len(nonfinite_rows)} sample(s) with NaN/inf values, "
-                                      f"e.g. sample {names[nonfinite_rows[0]]}")
+        bad = nonfinite_rows(arr, CHECK_CHUNK_BYTES)
+        if len(bad):
+            report["problems"].append(f"{info.file}: {len(bad)} sample(s) with NaN/inf values, "
+                                      f"e.g. sample {bad[0]} ({names[bad[0]]})")
     report["ok"] = not report["problems"]
     return report

@@ -17,14 +17,13 @@ Every pickle goes through safe_pickle.restricted_load: a label file cannot run c
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from msclr_core.errors import DataError
+from msclr_core.io_utils import atomic_file
 
 from .dataset import open_npy
 from .safe_pickle import restricted_load, short_repr
@@ -319,17 +318,8 @@ def import_pyskl(pkl_path, out_dir, conv: str = "ntu-rgb+d", *, T: int = 50, per
 def _atomic_pickle(path: Path, obj) -> None:
     # Streamed to a temp file beside the target (a pickle of a big dataset should not have to
     # exist twice in memory), then renamed into place.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=4)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        pickle.dump(obj, f, protocol=4)
 
 
 def export_pyskl(dataset_root, out_pkl, conv: str = "ntu-rgb+d", *, extra_conventions=()) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from msclr_core.errors import DataError
+from msclr_core.io_utils import require_regular
 
 from .asf_amc import read_asf_amc
 from .bvh import read_bvh
@@ -85,7 +86,10 @@ def import_real_mocap_npz(npz_path, out_dir, conventions=("ntu-rgb+d", "h36m_17"
     if normalize not in ("clip", "ntu"):
         raise DataError(f"normalize must be 'clip' or 'ntu', got {normalize!r}", field="normalize")
     try:
+        require_regular(npz_path)  # a FIFO would block forever
         d = np.load(npz_path, allow_pickle=False)
+    except DataError:
+        raise
     except (OSError, ValueError) as err:
         raise DataError(f"not a readable .npz: {err}", path=npz_path) from None
     for key in _NPZ_KEYS:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from msclr_core.errors import DataError
+from msclr_core.io_utils import read_regular_bytes
 
 from .ntu_reader import (NUM_JOINTS, RawSkeleton, SkeletonFormatError, _read_fast, _read_strict,  # noqa: F401
                          parse_skeleton)
@@ -93,7 +94,8 @@ class SkeletonFile:
 # ----------------------------------------------------------------------------- reading
 
 def read_skeleton(path) -> SkeletonFile:
-    return _assemble(str(path), parse_skeleton(str(path), Path(path).read_bytes()))
+    data = read_regular_bytes(path, error=SkeletonFormatError)  # a FIFO would block forever
+    return _assemble(str(path), parse_skeleton(str(path), data))
 
 
 def _slots(frame_of: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -208,6 +210,9 @@ def build_ntu_dataset(skeleton_dir, out_dir, *, benchmark: str = "ntu60", steps=
                     kept_meta.append(metas[k])
                     empty += is_empty
                 _release_written(writer)
+            if not names:  # skip_bad skipped everything: an error, and nothing is written
+                raise DataError(f"all {len(bad)} {benchmark} .skeleton file(s) are bad, nothing to write; "
+                                f"first: {bad[0][1]}", path=skeleton_dir)
             splits = {}
             for proto, is_train in protocols.items():
                 train = [i for i, m in enumerate(kept_meta) if is_train(m)]

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from msclr_core.errors import DataError
+from msclr_core.io_utils import require_regular
 
 from .preprocess import STEPS, joints_for, preprocess_clip
 from .safe_pickle import short_repr
@@ -53,8 +54,11 @@ def read_pose_file(path: Path, num_joints: int, sample=None) -> np.ndarray:
         try:
             import torch
 
+            require_regular(path, sample=sample, field="poses")  # a FIFO would block forever
             arr = torch.load(path, map_location="cpu", weights_only=True)
             arr = arr.numpy() if isinstance(arr, torch.Tensor) else arr
+        except DataError:
+            raise
         except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file; all mean "unreadable"
             raise DataError(f"cannot read pose file: {short_repr(str(err))}", path=path, sample=sample,
                             field="poses") from None
@@ -147,7 +151,7 @@ def add_pose_convention(dataset_root, pose_dir, conv: str, *, unit: str = "mm", 
 
     def find(name):
         for ext in (".npy", ".pt"):
-            if (pose_dir / f"{name}{ext}").is_file():
+            if (pose_dir / f"{name}{ext}").exists():  # a FIFO or directory is found, then refused by the reader
                 return pose_dir / f"{name}{ext}"
         return None
 

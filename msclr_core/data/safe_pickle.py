@@ -39,6 +39,7 @@ import pickle
 import reprlib
 
 from msclr_core.errors import DataError
+from msclr_core.io_utils import read_regular_bytes
 
 MAX_DEPTH = 64  # containers inside containers; data pickles nest 4-5 deep
 _SCALARS = (str, bytes, int, float, complex, bool, type(None))
@@ -323,8 +324,9 @@ def restricted_load(path_or_fileobj, *, allow_numpy: bool = False, field: str | 
     if isinstance(path_or_fileobj, (str, os.PathLike)):
         source = str(path_or_fileobj)
         try:
-            with open(path_or_fileobj, "rb") as f:
-                data = f.read()
+            data = read_regular_bytes(path_or_fileobj, field=field)  # a FIFO would block forever
+        except DataError:
+            raise
         except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
             raise DataError(f"cannot read pickle: {getattr(err, 'strerror', None) or err}", path=source,
                             field=field) from None

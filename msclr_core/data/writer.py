@@ -94,6 +94,9 @@ class DatasetWriter:
         n = len(sample_names)
         if n > self.capacity:
             raise DataError(f"{n} samples listed but capacity is {self.capacity}", path=self.root, field="samples.name")
+        if n == 0:  # a dataset nothing can train or evaluate on: write nothing rather than an empty shell
+            raise DataError("no samples to write: refusing to create an empty dataset", path=self.root,
+                            field="samples.name")
         for conv, mm in self.arrays.items():
             mm.flush()
         self.arrays.clear()  # drop the memmaps before resizing/renaming their files

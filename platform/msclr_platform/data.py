@@ -1,4 +1,10 @@
-"""Dataset access for experiments: check a config against its dataset, load splits."""
+"""Dataset access for experiments: check a config against its dataset, load splits.
+
+dataset_for is how training, evaluation and sweeps open a dataset: it checks the config
+against the manifest, that the split parts used are not empty, and that the arrays of the
+configured conventions hold no NaN/inf (msclr_core.data.finite: chunked, once per array
+file version per process), so bad data fails before Ray or MLflow start, naming the file,
+the sample and the convention, instead of as a FloatingPointError an epoch later."""
 
 from __future__ import annotations
 
@@ -7,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from msclr_core.data.dataset import Dataset, load_dataset
-from msclr_core.errors import ConfigError
+from msclr_core.data.finite import require_finite
+from msclr_core.errors import ConfigError, DataError
 
 from .config import ExperimentConfig
 
@@ -34,6 +41,10 @@ def dataset_for(cfg: ExperimentConfig) -> Dataset:
         part = getattr(cfg.data, key)
         if part not in parts:
             raise ConfigError(f"data.{key}: {part!r} not in split {cfg.data.protocol!r} (it has {sorted(parts)})")
+        if not len(parts[part]):
+            raise DataError(f"data.{key}: split part {part!r} is empty (no samples)", path=ds.root / "manifest.json",
+                            field=f"splits.{cfg.data.protocol}.{part}")
+    require_finite(ds, cfg.conventions)
     return ds
 
 
