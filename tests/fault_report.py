@@ -6,6 +6,7 @@ Fault tests call `record_fault(name, survived, detail)`; hostile-input tests cal
 pytest's terminal summary.
 """
 
+import contextlib
 from collections import Counter
 
 FAULTS: list[tuple[str, bool, str]] = []
@@ -18,3 +19,16 @@ def record_fault(name: str, survived: bool, detail: str = "") -> None:
 
 def count_hostile(target: str, n: int = 1) -> None:
     HOSTILE[target] += n
+
+
+@contextlib.contextmanager
+def fault_case(name: str):
+    """Record the fault as survived when the block passes, as failed (with the reason) when not.
+    The block may set case["detail"] to say what was observed."""
+    case = {"detail": ""}
+    try:
+        yield case
+    except BaseException as err:
+        record_fault(name, False, f"{type(err).__name__}: {str(err).strip()[:300]}")
+        raise
+    record_fault(name, True, case["detail"])

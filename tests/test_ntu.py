@@ -279,6 +279,107 @@ def test_build_memory_stays_bounded(tmp_path):
     assert peaks[1] - peaks[0] < 20, peaks
 
 
+# ----------------------------------------------------------------------------- paper recipe (issue 16)
+
+def frames_text(frames) -> str:
+    """.skeleton text of explicit frames, each a list of (bodyID, 25×3 xyz) in file order."""
+    lines = [str(len(frames))]
+    for bodies in frames:
+        lines.append(str(len(bodies)))
+        for body, xyz in bodies:
+            lines += [f"{body} 0 1 0 1 0 0 0.1 0.2 2", "25"]
+            lines += [" ".join(f"{v:.6f}" for v in row) + " 0 0 0 0 0 0 0 0 2" for row in xyz]
+    return "\n".join(lines) + "\n"
+
+
+def test_body_selection_official_keeps_each_frames_first_two(tmp_path):
+    rng = np.random.default_rng(10)
+    ghost, b, c = 11, 22, 33  # the ghost barely moves and is listed first; c moves most
+    order = [[ghost, b, c], [ghost, c], [b, c], [c, ghost, b], [c], [ghost, b, c]]
+    pos = {(f, body): np.round(rng.normal(size=(25, 3)) * {ghost: 1e-3, b: 0.5, c: 2.0}[body] + [body, 0, 3], 6)
+           for f, ids in enumerate(order) for body in ids}
+    p = tmp_path / "skel" / "S001C001P001R001A050.skeleton"
+    p.parent.mkdir()
+    p.write_text(frames_text([[(body, pos[f, body]) for body in ids] for f, ids in enumerate(order)]))
+    sk = read_skeleton(p)
+    official, active = sk.to_clip(2, "official"), sk.to_clip(2)
+    for f, ids in enumerate(order):
+        for m in range(2):  # official: slot m = the m-th body listed in this frame, whoever it is
+            want = pos[f, ids[m]] if m < len(ids) else np.zeros((25, 3))
+            np.testing.assert_array_equal(official[:, f, :, m], want.T.astype(np.float32))
+        for m, body in enumerate([b, c]):  # most-active: b and c, one slot each for the whole clip
+            want = pos[f, body] if body in ids else np.zeros((25, 3))
+            np.testing.assert_array_equal(active[:, f, :, m], want.T.astype(np.float32))
+    with pytest.raises(ntu.DataError, match="most-active, official"):
+        sk.to_clip(2, "first")
+    build_ntu_dataset(p.parent, tmp_path / "off", bodies="official")
+    build_ntu_dataset(p.parent, tmp_path / "act")
+    for name, bodies in (("off", "official"), ("act", "most-active")):
+        source = json.loads((tmp_path / name / "manifest.json").read_text())["source"]
+        assert source["bodies"] == bodies and source["benchmark"] == "ntu60" and source["frames"] == 50
+    assert not np.array_equal(load_dataset(tmp_path / "off").array("ntu-rgb+d"),
+                              load_dataset(tmp_path / "act").array("ntu-rgb+d"))
+
+
+# The official rules, written out from the reference (msclr-method.md §4), not from ntu.py
+XSUB60 = {1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38}
+XSUB120 = XSUB60 | {45, 46, 47, 49, 50, 52, 53, 54, 55, 56, 57, 58, 59, 70, 74, 78, 80, 81, 82, 83, 84, 85, 86,
+                    89, 91, 92, 93, 94, 95, 97, 98, 100, 103}
+RULES = {"ntu60": {"xsub": lambda s, c, p: p in XSUB60, "xview": lambda s, c, p: c in (2, 3)},
+         "ntu120": {"xsub120": lambda s, c, p: p in XSUB120, "xset120": lambda s, c, p: s % 2 == 0}}
+
+
+def test_split_sizes_follow_the_official_rules(tmp_path):
+    rng = np.random.default_rng(12)
+    one = tmp_path / "one.skeleton"
+    write_skeleton(one, rng, frames=3)
+    d = tmp_path / "skel"
+    d.mkdir()
+    names = {f"S{rng.integers(1, 33):03d}C{rng.integers(1, 4):03d}P{rng.integers(1, 107):03d}R{rng.integers(1, 3):03d}"
+             f"A{rng.integers(1, 121):03d}" for _ in range(160)}
+    names |= {"S001C002P005R002A008", "S018C001P008R001A061"}  # on the missing lists (ntu60 / ntu120)
+    for name in names:
+        os.link(one, d / f"{name}.skeleton")
+    counts = {}
+    for bench, (max_setup, max_action) in {"ntu60": (17, 60), "ntu120": (32, 120)}.items():
+        kept = [parse_sample_name(n) for n in sorted(names - ntu.missing_samples(bench))]
+        kept = [m for m in kept if m["setup"] <= max_setup and m["action"] <= max_action]
+        out = _cli("data", "ntu", d, "--out", tmp_path / bench, "--benchmark", bench, "--workers", 1,
+                   "--bodies", "official", "--json")
+        assert out.returncode == 0, out.stderr
+        summary = json.loads(out.stdout)
+        assert summary["samples"] == len(kept) and summary["bodies"] == "official"
+        for proto, is_train in RULES[bench].items():
+            train = sum(is_train(m["setup"], m["camera"], m["subject"]) for m in kept)
+            assert 0 < train < len(kept)  # the generated set exercises both sides of every rule
+            assert summary["splits"][proto] == {"train": train, "test": len(kept) - train}
+            sizes = summary["split_sizes"]["splits"][proto]
+            assert (sizes["train"]["got"], sizes["test"]["got"]) == (train, len(kept) - train)
+        assert summary["split_sizes"]["full_set"] is False and summary["split_sizes"]["match"] is None
+        counts[bench] = len(kept)
+    text = _cli("data", "ntu", d, "--out", tmp_path / "text", "--workers", 1)
+    assert "(full set: 40,091 / 16,487)" in text.stdout and "(full set: 37,646 / 18,932)" in text.stdout
+    assert f"a subset: {counts['ntu60']} of the 56,578 samples of the full ntu60 set" in text.stdout
+    assert "bodies: most-active" in text.stdout
+
+
+def test_split_size_report_on_the_full_set():
+    from msclr_platform.commands.data_ntu import _size_lines
+
+    official = {"xsub120": {"train": 63026, "test": 50919}, "xset120": {"train": 54468, "test": 59477}}
+    full = ntu.split_size_report("ntu120", official, 113945)
+    assert full["full_set"] and full["match"] and full["expected_samples"] == 113945
+    assert "every split size matches the official one" in "\n".join(_size_lines(full, "ntu120"))
+    lines = "\n".join(_size_lines(full, "ntu120"))
+    assert "xsub120: train 63026 (official 63,026), test 50919 (official 50,919)" in lines
+    off = ntu.split_size_report("ntu120", {**official, "xset120": {"train": 54467, "test": 59478}}, 113945)
+    assert off["full_set"] and off["match"] is False and "WARNING" in "\n".join(_size_lines(off, "ntu120"))
+    sixty = ntu.split_size_report("ntu60", {"xsub": {"train": 40091, "test": 16487},
+                                            "xview": {"train": 37646, "test": 18932}}, 56578)
+    assert sixty["full_set"] and sixty["match"]
+    assert ntu.split_size_report("ntu60", {}, 56577)["full_set"] is False
+
+
 # ----------------------------------------------------------------------------- C scanner
 
 def _have_compiler():

@@ -4,6 +4,7 @@ import pytest
 
 from msclr_core.errors import ConfigError
 from msclr_platform.config import load_config
+from msclr_platform.resume import ConfigChanged
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +53,7 @@ def test_pretrain_logs_run_and_resumes_by_name(tmp_path, tiny_dataset, mlflow_se
     assert run.data.params["optim.lr"] == "0.05" and run.data.params["method.queue_size"] == "128"
     assert run.data.tags["conventions"] == "ntu-rgb+d,smplx_42" and run.data.tags["stream"] == "joint"
     assert "git.commit" in run.data.tags and "msclr.version" in run.data.tags
+    assert run.data.tags["msclr.consistency"] == "ok"  # the conventions of the synthetic set agree
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2]
     assert {"config.yaml", "encoder_q.pt", "training_curves.png", "embedding_pca.png"} <= artifact_names(client, run_id)
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest
@@ -70,13 +72,20 @@ def test_pretrain_logs_run_and_resumes_by_name(tmp_path, tiny_dataset, mlflow_se
     assert "test_selected_top1.ntu-rgb_d" in metrics and metrics["collapsed.ntu-rgb_d"] in (0.0, 1.0)
     assert {"results.csv", "confusion.png", "test_logits.npz"} <= artifact_names(client, out["eval_run_id"])
 
-    # Same name, one more epoch: the Ray run resumes from its checkpoint and the same
-    # MLflow run gets epoch 3 only (no second run, no duplicated steps).
+    # Same name, one more epoch: a config change, refused unless asked for; then the Ray run
+    # resumes from its checkpoint and the same MLflow run gets epoch 3 only (no second run,
+    # no duplicated steps), with the change recorded as config version 2 from epoch 3.
     cfg3 = tiny_config(tmp_path, tiny_dataset, "resume-me", overrides=["optim.epochs=3"])
-    res = run_pretrain(cfg3)
+    with pytest.raises(ConfigChanged, match=r"optim.epochs: 2 -> 3"):
+        run_pretrain(cfg3)
+    res = run_pretrain(cfg3, on_change="resume-changed")
     assert res.run_id == run_id
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]
     assert [h["epoch"] for h in res.history] == [1, 2, 3]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["msclr.config_version"] == "2"
+    assert run.data.params["optim.epochs"] == "2" and run.data.params["v2.optim.epochs"] == "3"
+    assert run.data.params["v2.from_epoch"] == "3"
     runs = client.search_runs([run.info.experiment_id], filter_string="tags.`msclr.run_name` = 'resume-me'")
     assert len(runs) == 1
 
@@ -111,9 +120,8 @@ def test_unreachable_tracking_server_fails_before_compute(tmp_path, tiny_dataset
 def test_queue_not_multiple_of_global_batch_is_rejected(tmp_path, tiny_dataset, msclr_home):
     from msclr_platform.train import preflight
 
-    cfg = tiny_config(tmp_path, tiny_dataset, "bad-queue", overrides=["method.queue_size=100"])
-    with pytest.raises(ConfigError, match="queue"):
-        preflight(cfg)
+    with pytest.raises(ConfigError, match="queue"):  # a rule between keys: refused when the config loads
+        tiny_config(tmp_path, tiny_dataset, "bad-queue", overrides=["method.queue_size=100"])
     cfg = tiny_config(tmp_path, tiny_dataset, "bad-conv", overrides=["conventions=[ntu-rgb+d, smpl_24]"])
     with pytest.raises(ConfigError, match="smpl_24"):
         preflight(cfg)

@@ -12,6 +12,9 @@ from msclr_core.errors import DataError
 
 CONV = "h36m_17"
 NAMES = ["S001C001P001R001A001", "S001C001P002R001A002", "S001C001P003R001A003"]
+# y-up (Kinect-like) coordinates -> MeTRAbs camera coordinates (x right, y down, z forward), written
+# out by hand here, not taken from msclr_core.data.poses, so that a wrong table there fails the tests
+CAMERA_YDOWN = np.array([-1.0, -1.0, 1.0])
 
 
 def _dataset(tmp_path):
@@ -66,6 +69,7 @@ def test_add_pose_convention_tracks_converts_and_preprocesses(tmp_path):
     poses.mkdir()
     for i, name in enumerate(NAMES):
         det, _, _ = _swapped_detections(rng=np.random.default_rng(i))
+        det = det * CAMERA_YDOWN  # as MeTRAbs writes it: x right, y down, z forward (the default --frame)
         if i == 1:
             torch.save(torch.from_numpy(det), poses / f"{name}.pt")  # MeTRAbs .pt tensors work too
         else:
@@ -74,6 +78,8 @@ def test_add_pose_convention_tracks_converts_and_preprocesses(tmp_path):
     assert report.zero_filled == []
     ds = load_dataset(root)
     assert check_dataset(root)["ok"]
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["conventions"][CONV]["source"] == {"kind": "poses", "frame": "camera-ydown", "unit": "mm"}
     assert ds.conventions[CONV].shape == (3, 3, 50, 17, 2) and ds.conventions[CONV].unit == "m"
     x = ds.array(CONV)
     names = get_convention(CONV).joint_names
@@ -130,6 +136,60 @@ def test_cli_poses(tmp_path, capsys):
                  "--missing", "zero"]) == 0
     assert "2 sample(s) without a pose file were zero-filled" in capsys.readouterr().out
     assert CONV in load_dataset(root).conventions
+
+
+# ---------------------------------------------------------------- estimator frame (issue 16)
+
+
+@pytest.fixture(scope="module")
+def ntu_and_metrabs(tmp_path_factory):
+    """A dataset with NTU-frame ntu-rgb+d clips only (preprocessed as `msclr data ntu` does)
+    and MeTRAbs-style pose files of the same clips: smplx_42, mm, x right / y down / z forward."""
+    from msclr_core.data.preprocess import preprocess_clip
+    from msclr_core.data.synth import generate
+
+    base = tmp_path_factory.mktemp("frames")
+    d = generate(48, seed=3, conventions=("ntu-rgb+d", "smplx_42"))
+    assert d.units["smplx_42"] == "mm"
+    ntu = np.stack([preprocess_clip(c, "ntu-rgb+d") for c in d.arrays["ntu-rgb+d"]])
+    names = [f"S001C001P{i + 1:03d}R001A{i % 17 + 1:03d}" for i in range(len(ntu))]
+    write_dataset(base / "ds", name="t", classes=d.classes, arrays={"ntu-rgb+d": ntu}, sample_names=names,
+                  labels=d.labels, splits={"xsub": {"train": list(range(40)), "test": list(range(40, 48))}})
+    (base / "poses").mkdir()
+    for i, name in enumerate(names):  # N×C×T×V×M row -> [frames, persons, joints, 3], camera frame
+        np.save(base / "poses" / f"{name}.npy", d.arrays["smplx_42"][i].transpose(1, 3, 2, 0) * CAMERA_YDOWN)
+    return base
+
+
+@pytest.mark.parametrize("frame, verdict", [
+    (None, "consistent"),  # the default is MeTRAbs's frame
+    ("camera-ydown", "consistent"),
+    ("kinect", "y axis flipped"),  # the y-down coordinates kept as they are: every pose upside down
+    ("camera-ydown-mirrored", "left/right mirrored"),
+])  # fmt: skip
+def test_pose_frame_is_converted_to_the_dataset_frame(tmp_path, ntu_and_metrabs, frame, verdict):
+    import shutil
+
+    from msclr_core.consistency import check_dataset_consistency
+    from msclr_platform.cli import main
+
+    root = shutil.copytree(ntu_and_metrabs / "ds", tmp_path / "ds")
+    args = ["data", "import", "poses", str(ntu_and_metrabs / "poses"), "--dataset", str(root),
+            "--convention", "smplx_42"] + (["--frame", frame] if frame else [])
+    assert main(args) == 0
+    rep = check_dataset_consistency(root, sample=48)
+    (pair,) = rep.pairs
+    assert pair.message.startswith("ntu-rgb+d vs smplx_42: ") and verdict in pair.message, pair.message
+    assert rep.ok == (verdict == "consistent")
+    recorded = json.loads((root / "manifest.json").read_text())["conventions"]["smplx_42"]["source"]
+    assert recorded["frame"] == (frame or "camera-ydown")
+
+
+def test_unknown_frame_is_refused_before_reading(tmp_path):
+    root = _dataset(tmp_path)
+    with pytest.raises(DataError) as err:
+        add_pose_convention(root, tmp_path / "nowhere", CONV, frame="camera-zdown")
+    assert err.value.field == "frame" and "camera-ydown" in str(err.value)
 
 
 # ---------------------------------------------------------------- hostile inputs (issue 7)

@@ -8,10 +8,18 @@ SkeletonFormatError naming the file, the 1-based LINE and the field).
 
 Bodies: each distinct bodyID (in order of first appearance) gets a slot; joints with a
 non-finite coordinate are zeroed (treated as untracked, counted in `nan_joints`). `to_clip`
-keeps the `max_bodies` most active bodies (activity = sum over joints and axes of the temporal
-variance of the position over the frames where the body is present: a person moves, a
-misdetected object or a flickering ghost barely does), in order of first appearance. This
-differs from the official gendata, which keeps the first two bodies of each frame's list.
+selects the bodies of the clip (`BODY_SELECTIONS`, `msclr data ntu --bodies`):
+- "most-active" (default): the `max_bodies` most active bodies (activity = sum over joints and
+  axes of the temporal variance of the position over the frames where the body is present: a
+  person moves, a misdetected object or a flickering ghost barely does), in order of first
+  appearance, each in one slot for the whole clip;
+- "official": what the official gendata (ST-GCN / AimCLR `ntu_gendata.py`) does: in each
+  frame the first `max_bodies` bodies of that frame's list, in file order (slot = position in
+  the frame's list, so a body changes slot when a body listed before it disappears).
+The choice is recorded in the dataset manifest (`source.bodies`).
+
+`split_size_report` compares the split sizes of a build with the official ones (meaningful
+on the full set only; a subset is reported as a subset).
 """
 
 from __future__ import annotations
@@ -48,6 +56,12 @@ BENCHMARKS = {
     "ntu120": (32, 120, {"xsub120": lambda m: m["subject"] in NTU120_XSUB_TRAIN,
                          "xset120": lambda m: m["setup"] % 2 == 0}, "ntu120_missing.txt"),
 }
+# Official sizes of the full sets after the missing-skeleton list: benchmark -> protocol -> (train, test)
+EXPECTED_SPLITS = {
+    "ntu60": {"xsub": (40091, 16487), "xview": (37646, 18932)},
+    "ntu120": {"xsub120": (63026, 50919), "xset120": (54468, 59477)},
+}
+BODY_SELECTIONS = ("most-active", "official")
 
 
 def parse_sample_name(name: str) -> dict:
@@ -72,6 +86,7 @@ class SkeletonFile:
     present: np.ndarray  # (frames, bodies) bool
     body_ids: list[int]
     nan_joints: int = 0
+    rank: np.ndarray | None = None  # (frames, bodies) int32: position in the frame's body list, -1 absent
 
     @property
     def activity(self) -> np.ndarray:
@@ -82,13 +97,25 @@ class SkeletonFile:
             act[b] = pts.var(axis=0).sum() if len(pts) > 1 else 0.0
         return act
 
-    def to_clip(self, max_bodies: int = 2) -> np.ndarray:
-        """C×T×V×M float32 clip of the `max_bodies` most active bodies (first-appearance order)."""
+    def to_clip(self, max_bodies: int = 2, bodies: str = "most-active") -> np.ndarray:
+        """C×T×V×M float32 clip: the `max_bodies` most active bodies (first-appearance order),
+        or with bodies="official" the first `max_bodies` bodies of each frame's list."""
+        check_bodies(bodies)
+        out = np.zeros((3, self.xyz.shape[0], NUM_JOINTS, max_bodies), np.float32)
+        if bodies == "official":
+            f, s = np.nonzero(self.present & (self.rank < max_bodies))
+            out[:, f, :, self.rank[f, s]] = self.xyz[f, s].transpose(0, 2, 1)  # (records, C, V)
+            return out
         order = np.argsort(-self.activity, kind="stable")[:max_bodies]
         keep = np.sort(order)  # slots are numbered by first appearance
-        out = np.zeros((3, self.xyz.shape[0], NUM_JOINTS, max_bodies), np.float32)
         out[..., :len(keep)] = self.xyz[:, keep].transpose(3, 0, 2, 1)
         return out
+
+
+def check_bodies(bodies: str) -> str:
+    if bodies not in BODY_SELECTIONS:
+        raise DataError(f"unknown body selection {bodies!r} (known: {', '.join(BODY_SELECTIONS)})", field="bodies")
+    return bodies
 
 
 # ----------------------------------------------------------------------------- reading
@@ -131,7 +158,9 @@ def _assemble(path, raw: RawSkeleton) -> SkeletonFile:
         xyz[bad] = 0.0
     out[raw.frame_of, slot_of] = xyz
     present[raw.frame_of, slot_of] = True
-    return SkeletonFile(path, out, present, body_ids, int(bad.sum()))
+    rank = np.full(present.shape, -1, np.int32)  # records are in file order, so frame_of is sorted
+    rank[raw.frame_of, slot_of] = np.arange(len(raw.frame_of)) - np.searchsorted(raw.frame_of, raw.frame_of)
+    return SkeletonFile(path, out, present, body_ids, int(bad.sum()), rank)
 
 
 # ----------------------------------------------------------------------------- dataset build
@@ -145,29 +174,31 @@ class BuildReport:
 
 
 def _load_clip(job):
-    path, steps, T, pad_to = job
+    path, steps, T, pad_to, bodies = job
     try:
         skel = read_skeleton(path)
     except SkeletonFormatError as err:
         return None, err, False
-    clip = preprocess_clip(skel.to_clip(2), CONVENTION, steps, T=T, pad_to=pad_to)
+    clip = preprocess_clip(skel.to_clip(2, bodies), CONVENTION, steps, T=T, pad_to=pad_to)
     return clip, None, not skel.present.any()
 
 
 def build_ntu_dataset(skeleton_dir, out_dir, *, benchmark: str = "ntu60", steps=STEPS, T: int = 50,
                       pad_to: int = 300, workers: int = 1, skip_bad: bool = False, overwrite: bool = False,
-                      chunksize: int = 8) -> BuildReport:
+                      chunksize: int = 8, bodies: str = "most-active") -> BuildReport:
     """Stream every .skeleton of `skeleton_dir` into a dataset at `out_dir` (atomic).
 
     Samples are sorted by name; files on the benchmark's missing-skeleton list and (for
     ntu60) setups above 17 are left out. Protocols: ntu60 -> xsub, xview; ntu120 -> xsub120,
     xset120. Without skip_bad the first bad file raises its SkeletonFormatError and nothing
-    is written; with it bad files are listed in the report and left out.
+    is written; with it bad files are listed in the report and left out. `bodies`: the body
+    selection (module docstring), recorded in the manifest with the preprocessing steps.
     """
     from .writer import DatasetWriter
 
     if benchmark not in BENCHMARKS:
         raise DataError(f"unknown benchmark {benchmark!r} (known: {sorted(BENCHMARKS)})", field="benchmark")
+    check_bodies(bodies)
     max_setup, n_classes, protocols, _ = BENCHMARKS[benchmark]
     missing = missing_samples(benchmark)
     files, metas, bad, n_missing = [], [], [], 0
@@ -189,7 +220,7 @@ def build_ntu_dataset(skeleton_dir, out_dir, *, benchmark: str = "ntu60", steps=
 
     frames = T if "resize" in set(steps) else pad_to
     names, kept_meta, empty = [], [], 0
-    jobs = [(str(p), tuple(steps), T, pad_to) for p in files]
+    jobs = [(str(p), tuple(steps), T, pad_to, bodies) for p in files]
     ctx = get_context("spawn") if workers > 1 else None
     pool = ctx.Pool(workers) if ctx else None
     try:
@@ -221,11 +252,28 @@ def build_ntu_dataset(skeleton_dir, out_dir, *, benchmark: str = "ntu60", steps=
             meta_cols = {c: [m[c] for m in kept_meta] for c in ("subject", "camera", "setup", "replication")}
             ds = writer.commit(name=f"{benchmark}-{'frame%d' % T if 'resize' in set(steps) else 'raw'}",
                                classes=[f"A{a:03d}" for a in range(1, n_classes + 1)], sample_names=names,
-                               labels=[m["action"] - 1 for m in kept_meta], meta=meta_cols, splits=splits)
+                               labels=[m["action"] - 1 for m in kept_meta], meta=meta_cols, splits=splits,
+                               source={"kind": "ntu-skeleton", "benchmark": benchmark, "bodies": bodies,
+                                       "steps": list(steps), "frames": frames})
     finally:
         if pool:
             pool.terminate()
     return BuildReport(ds, bad, n_missing, empty)
+
+
+def split_size_report(benchmark: str, splits: dict[str, dict[str, int]], samples: int) -> dict:
+    """The split sizes of a build ({protocol: {part: n}}) beside the official ones.
+
+    The official sizes describe the full set (every sample but the missing-skeleton list):
+    `full_set` says whether this build has that many samples, `match` whether every size
+    agrees (None for a subset, where they cannot)."""
+    expected = EXPECTED_SPLITS[benchmark]
+    total = sum(next(iter(expected.values())))
+    rows = {proto: {part: {"got": splits.get(proto, {}).get(part), "expected": want}
+                    for part, want in zip(("train", "test"), sizes)} for proto, sizes in expected.items()}
+    full = samples == total
+    match = all(r["got"] == r["expected"] for parts in rows.values() for r in parts.values()) if full else None
+    return {"samples": samples, "expected_samples": total, "full_set": full, "match": match, "splits": rows}
 
 
 def _release_written(writer) -> None:

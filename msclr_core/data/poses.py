@@ -5,13 +5,21 @@ Per sample the estimator output is `<pose_dir>/<sample_name>.npy` or `.pt`, shap
 z forward, zero rows where fewer people were detected). The official MS-CLR conversion of
 these files is unreleased (spec section 4); this is the clean re-implementation:
 
-1. track people across frames: greedy matching of detections to tracks by the distance of
+1. convert from the estimator's frame (`FRAMES`, `frame=`) to the dataset's frame, NTU's
+   Kinect camera space (x to the camera's left, y up, z forward: right-handed). MeTRAbs's
+   camera frame (x right, y down, z forward) is that frame turned 180 degrees about z, so
+   "camera-ydown" (the default) negates x and y; keeping the y-down coordinates would put
+   every pose upside down against the NTU skeletons (`msclr data check`: "y axis flipped");
+2. track people across frames: greedy matching of detections to tracks by the distance of
    their root joints to each track's last root position (detectors do not keep an order,
    so "detection 0" can be a different person from frame to frame); keep the `persons`
    tracks present in most frames, the most present first (person 0 = main actor);
-2. convert to metres;
-3. the NTU frame-50 preprocessing (preprocess_clip: trim, root-relative on the
+3. convert to metres;
+4. the NTU frame-50 preprocessing (preprocess_clip: trim, root-relative on the
    convention's torso root, resize to T, shoulder y-alignment).
+
+The frame and unit of the pose files are recorded in the manifest entry of the convention
+(`source`).
 
 The new dataset version is written atomically: a temp directory beside the dataset gets
 hard links (or copies) of the existing files plus the new array and manifest, and replaces
@@ -35,6 +43,31 @@ from .preprocess import STEPS, joints_for, preprocess_clip
 from .safe_pickle import short_repr
 
 MAX_DETECTIONS = 64  # per frame; tracking cost grows with tracks x detections, so a hostile file is refused
+
+# Estimator frame -> (sign of x, y, z in the dataset frame, left/right labels swapped). The
+# dataset frame is NTU's Kinect camera space: x to the camera's left, y up, z forward.
+FRAMES = {
+    "camera-ydown": ((-1, -1, 1), False),  # OpenCV / MeTRAbs: x right, y down, z forward
+    # the same camera, but the video was mirrored left-right before pose estimation (Kinect v2's
+    # colour stream is mirrored): positions keep x, and the estimator's left is the person's right
+    "camera-ydown-mirrored": ((1, -1, 1), True),
+    "camera-yup": ((-1, 1, -1), False),  # OpenGL: x right, y up, z backward (towards the viewer)
+    "kinect": ((1, 1, 1), False),  # already the dataset frame (NTU Kinect camera space)
+}
+DEFAULT_FRAME = "camera-ydown"
+
+
+def frame_rule(frame: str) -> tuple[tuple[int, int, int], bool]:
+    if frame not in FRAMES:
+        raise DataError(f"unknown frame {frame!r} (known: {', '.join(FRAMES)})", field="frame")
+    return FRAMES[frame]
+
+
+def to_dataset_frame(poses: np.ndarray, frame: str, conv) -> np.ndarray:
+    """[..., V, 3] coordinates in estimator frame `frame` -> the dataset frame (FRAMES)."""
+    signs, swap = frame_rule(frame)
+    out = poses * np.asarray(signs, poses.dtype)
+    return out[..., list(conv.flip), :] if swap else out
 
 
 @dataclass
@@ -118,9 +151,10 @@ def _link_or_copy(src, dst) -> None:
 
 def add_pose_convention(dataset_root, pose_dir, conv: str, *, unit: str = "mm", T: int = 50, persons: int = 2,
                         steps=STEPS, max_jump_m: float = 0.5, missing: str = "error",
-                        replace: bool = False) -> PoseImportReport:
+                        replace: bool = False, frame: str = DEFAULT_FRAME) -> PoseImportReport:
     """Add convention `conv` from per-sample pose files to the dataset at `dataset_root`.
 
+    frame: the estimator's coordinate frame (FRAMES; MeTRAbs: "camera-ydown").
     missing="error": a sample without a pose file raises DataError naming it (nothing is
     written). missing="zero": its clip is all zeros and it is listed in the report.
     replace=True overwrites an existing array of the same convention.
@@ -143,6 +177,7 @@ def add_pose_convention(dataset_root, pose_dir, conv: str, *, unit: str = "mm", 
         raise DataError(f"missing must be 'error' or 'zero', got {missing!r}", field="missing")
     if UNITS.get(unit) is None:
         raise DataError(f"unit must be a metric unit (m or mm), got {unit!r}", field="unit")
+    frame_rule(frame)  # an unknown frame fails before any file is read
     if conv in ds.conventions and not replace:
         raise DataError(f"dataset already has convention {conv!r} (use replace)", path=root / "manifest.json",
                         field=f"conventions.{conv}")
@@ -175,7 +210,7 @@ def add_pose_convention(dataset_root, pose_dir, conv: str, *, unit: str = "mm", 
             if files[name] is None:
                 out[i] = 0.0
                 continue
-            poses = read_pose_file(files[name], cv.num_joints, sample=name)
+            poses = to_dataset_frame(read_pose_file(files[name], cv.num_joints, sample=name), frame, cv)
             with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
                 tracked = track_persons(poses * scale, j.root, persons=persons, max_jump=max_jump_m)
                 clip = preprocess_clip(tracked.transpose(3, 0, 2, 1).astype(np.float32), cv, steps=steps, T=T,
@@ -186,7 +221,9 @@ def add_pose_convention(dataset_root, pose_dir, conv: str, *, unit: str = "mm", 
         out.flush()
         del out
         manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-        manifest["conventions"][conv] = {"file": fname, "unit": "m", "shape": [len(ds), 3, frames, cv.num_joints, persons]}
+        manifest["conventions"][conv] = {"file": fname, "unit": "m",
+                                         "shape": [len(ds), 3, frames, cv.num_joints, persons],
+                                         "source": {"kind": "poses", "frame": frame, "unit": unit}}
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, separators=(",", ":")))
         load_dataset(tmp)  # never publish a version that would not load
     return PoseImportReport(load_dataset(root), absent)

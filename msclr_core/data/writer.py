@@ -18,7 +18,8 @@ from msclr_core.io_utils import atomic_dir, atomic_write_text
 from .dataset import FORMAT, UNITS, VERSION, ConventionInfo, Dataset, load_dataset
 
 
-def _manifest_dict(*, name, classes, infos: dict[str, ConventionInfo], sample_names, labels, meta, splits) -> dict:
+def _manifest_dict(*, name, classes, infos: dict[str, ConventionInfo], sample_names, labels, meta, splits,
+                   source=None) -> dict:
     n = len(sample_names)
     samples = {"name": [str(s) for s in sample_names], "label": [int(v) for v in np.asarray(labels).reshape(n)]}
     for col, values in (meta or {}).items():
@@ -30,6 +31,7 @@ def _manifest_dict(*, name, classes, infos: dict[str, ConventionInfo], sample_na
         "conventions": {c: {"file": i.file, "unit": i.unit, "shape": list(i.shape)} for c, i in infos.items()},
         "samples": samples,
         "splits": {p: {part: [int(i) for i in idx] for part, idx in parts.items()} for p, parts in splits.items()},
+        **({"source": source} if source else {}),  # how the dataset was built (JSON-ready), e.g. NTU body selection
     }
 
 
@@ -90,7 +92,7 @@ class DatasetWriter:
         for conv, clip in clips.items():
             self.arrays[conv][index] = clip
 
-    def commit(self, *, name, classes, sample_names, labels, meta=None, splits) -> Dataset:
+    def commit(self, *, name, classes, sample_names, labels, meta=None, splits, source=None) -> Dataset:
         n = len(sample_names)
         if n > self.capacity:
             raise DataError(f"{n} samples listed but capacity is {self.capacity}", path=self.root, field="samples.name")
@@ -106,7 +108,7 @@ class DatasetWriter:
                 _shrink_npy(self.tmp / info.file, n)
             infos[conv] = ConventionInfo(conv, info.file, info.unit, (n, *info.shape[1:]))
         manifest = _manifest_dict(name=name, classes=classes, infos=infos, sample_names=sample_names,
-                                  labels=labels, meta=meta, splits=splits)
+                                  labels=labels, meta=meta, splits=splits, source=source)
         atomic_write_text(self.tmp / "manifest.json", json.dumps(manifest, separators=(",", ":")))
         load_dataset(self.tmp)  # never publish a dataset that would not load
         self._open = False

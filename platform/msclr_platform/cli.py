@@ -17,7 +17,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("pretrain",), "pretrain", "pretrain MS-CLR with Ray Train (resumes by run name), then evaluate"),
     (("evaluate",), "evaluate", "linear probe, kNN and multi-skeleton ensemble of a pretrained encoder"),
     (("sweep",), "sweep", "Ray Tune hyper-parameter sweep from a YAML file (--resume continues one)"),
-    (("runs",), "runs", "compare tracked runs (`msclr runs compare [EXPERIMENT]`)"),
+    (("runs",), "runs", "compare tracked runs (`msclr runs compare [EXPERIMENT]`), upload an outage's results (`msclr runs sync NAME`)"),
     (("ui",), "ui", "start or reuse the local MLflow server and print its address"),
     (("demo",), "demo", "core-only demo: pretrain briefly on generated data, print the probe gain"),
     (("bench", "augment"), "bench_augment", "time the batched AimCLR augmentations"),
@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 ok, 1 failure (e.g. the tracking server stayed away), 2 usage or config
+    error, 130 SIGINT (Ctrl-C), 143 SIGTERM."""
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     from msclr_core.errors import MsclrError
 
@@ -70,7 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._main(args) or 0)
     except MsclrError as err:  # project errors already name file, sample and field
         print(f"msclr: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
+    except KeyboardInterrupt as err:  # lifecycle.Interrupted: SIGINT or SIGTERM, the run closed as KILLED
+        import shlex
+
+        resume = f"; resume with: {shlex.join(['msclr', *argv])}" if getattr(err, "resumable", False) else ""
+        print(f"msclr: {err or 'interrupted'}{resume}", file=sys.stderr, flush=True)
+        return getattr(err, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from msclr_core import evaluation as E
 from msclr_core.errors import ConfigError, DataError
 
 from .config import ExperimentConfig
-from .tracking import RUN_NAME_TAG, ensure_tracking_uri, get_or_create_run, log_params
+from .tracking import ensure_tracking_uri, find_runs_by_name, get_or_create_run, log_params
 
 LOGITS_FILE = "test_logits.npz"
 
@@ -29,7 +29,7 @@ def eval_logits(client, cfg: ExperimentConfig) -> tuple[str, dict[str, np.ndarra
     """(eval run id, {key: logits, 'labels': labels}) of CONFIG's finished evaluation."""
     name = f"{cfg.name}/eval"
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    runs = client.search_runs([exp.experiment_id], f"tags.`{RUN_NAME_TAG}` = '{name}'") if exp else []
+    runs = find_runs_by_name(client, [exp.experiment_id], name, max_results=1) if exp else []
     if not runs:
         raise ConfigError(f"no evaluation run {name!r} in experiment {cfg.tracking.experiment!r}: "
                           f"run `msclr evaluate` on the {cfg.stream} config first")  # fmt: skip

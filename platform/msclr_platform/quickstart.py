@@ -17,6 +17,7 @@ from pathlib import Path
 from msclr_core.errors import ConfigError
 
 from .config import load_config
+from .lifecycle import Interrupted, signal_guard
 from .tracking import ensure_tracking_uri, get_or_create_run, msclr_home
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,13 +58,16 @@ def quickstart(config: str | None = None, overrides=None, clips: int = 1200, tag
     baseline = dataclasses.replace(cfg, name=f"quickstart-baseline-{tag}", conventions=cfg.conventions[:1],
                                    eval=dataclasses.replace(cfg.eval, references=[]))
     t0 = time.perf_counter()
-    try:
-        results = {"msclr": run_experiment(msclr, parent_run_id=parent_id),
-                   "baseline": run_experiment(baseline, parent_run_id=parent_id)}
-    except BaseException as err:  # the parent run ends in a true state too
-        client.set_terminated(parent_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
-    client.set_terminated(parent_id, "FINISHED")
+    with signal_guard():  # SIGTERM too ends every run KILLED (lifecycle.py)
+        try:
+            results = {"msclr": run_experiment(msclr, parent_run_id=parent_id),
+                       "baseline": run_experiment(baseline, parent_run_id=parent_id)}
+        except BaseException as err:  # the parent run ends in a true state too
+            client.set_terminated(parent_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            if isinstance(err, Interrupted):
+                err.resumable = False  # the runs are named by the start time: the same command starts new ones
+            raise
+        client.set_terminated(parent_id, "FINISHED")
 
     rows = []
     for label, res in results.items():

@@ -7,7 +7,7 @@ from pathlib import Path
 from msclr_core.errors import ConfigError
 
 from .config import ExperimentConfig
-from .tracking import RUN_NAME_TAG, ensure_tracking_uri
+from .tracking import ensure_tracking_uri, find_runs_by_name
 
 KEY_METRICS = ["loss", "samples_per_s", "linear_top1", "knn_top1", "probe_knn_top1"]
 
@@ -35,7 +35,7 @@ def pretrain_run_id(cfg: ExperimentConfig) -> str | None:
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{cfg.name}'", max_results=1)
+    runs = find_runs_by_name(client, [exp.experiment_id], cfg.name, max_results=1)
     return runs[0].info.run_id if runs else None
 
 

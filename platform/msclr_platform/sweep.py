@@ -13,15 +13,17 @@ import copy
 import dataclasses
 import itertools
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from msclr_core.errors import ConfigError
 
-from .config import ExperimentConfig, deep_merge, from_dict, read_yaml, resolve_paths
+from . import validate
+from .config import ExperimentConfig, deep_merge, flatten, from_dict, read_yaml, resolve_paths
 
 DISTRIBUTIONS = {"grid", "choice", "uniform", "loguniform", "randint"}
+SEARCH_ALGS = ("random", "grid", "variant_generator", "ax", "hyperopt", "bayesopt", "bohb", "nevergrad", "optuna",
+               "zoopt", "hebo")  # Tune's create_searcher names (each needs its package)
 
 
 @dataclass
@@ -47,6 +49,21 @@ class SweepSpec:
     trial_cpus: float = 0.01  # the trial driver itself (Tune needs >0); Train workers have their own
     time_budget_s: float | None = None
     final_eval: bool = True
+
+
+validate.register(SchedulerSpec,
+                  type=validate.one_of("asha", "fifo"), grace_period=validate.count(1, validate.MAX_EPOCHS),
+                  reduction_factor=validate.count(2, 1000),
+                  max_t=validate.optional(validate.count(1, validate.MAX_EPOCHS)))
+validate.register(SweepSpec,
+                  name=validate.text(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "must be letters, digits, '_', '.', '-' "
+                                     "(it names directories)", max_len=validate.MAX_NAME),
+                  base=validate.text(why="is required (an experiment YAML)"), overrides=validate.ANY,
+                  search=validate.ANY, metric=validate.text(), mode=validate.one_of("max", "min"),
+                  scheduler=validate.ANY, search_alg=validate.one_of(*SEARCH_ALGS),
+                  num_samples=validate.count(1, 1_000_000), max_concurrent_trials=validate.count(1, 100_000),
+                  trial_cpus=validate.number(0, 1024, lo_open=True),
+                  time_budget_s=validate.optional(validate.number(0, lo_open=True)), final_eval=validate.ANY)
 
 
 @dataclass
@@ -107,19 +124,17 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         bad = [k for k in getattr(spec, section) if not isinstance(k, str) or not all(k.split("."))]  # 'a..b' too
         if bad:
             raise ConfigError(f"{source}: key '{section}': keys must be dotted config names, got {bad[0]!r}")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", spec.name) or ".." in spec.name:
-        raise ConfigError(f"{source}: key 'name': {spec.name!r} must be letters, digits, '_', '.', '-' (it names directories)")
+    if ".." in spec.name:
+        raise ConfigError(f"{source}: key 'name': {spec.name!r} must not hold '..' (it names directories)")
     if not spec.base:
         raise ConfigError(f"{source}: key 'base' is required (an experiment YAML)")
     base_cfg = load_config(path.parent / spec.base)
-    raw = deep_merge(deep_merge(base_cfg.to_dict(), _nest(spec.overrides)), parse_overrides(overrides))
-    base_cfg = resolve_paths(from_dict(ExperimentConfig, raw, source=source), path.parent, source)
+    override = parse_overrides(overrides)
+    raw = deep_merge(deep_merge(base_cfg.to_dict(), _nest(spec.overrides)), override)
+    base_cfg = from_dict(ExperimentConfig, raw, source=source, set_keys=frozenset(flatten(override)))
+    base_cfg = resolve_paths(base_cfg, path.parent, source)
     if spec.metric.startswith("probe_"):
         base_cfg.eval.probe_every = max(1, base_cfg.eval.probe_every)
-    if spec.mode not in ("max", "min"):
-        raise ConfigError(f"{source}: key 'mode' must be max or min, got {spec.mode!r}")
-    if spec.scheduler.type not in ("asha", "fifo"):
-        raise ConfigError(f"{source}: key 'scheduler.type' must be asha or fifo, got {spec.scheduler.type!r}")
     for key, dist in spec.search.items():
         if not (isinstance(dist, dict) and len(dist) == 1 and next(iter(dist)) in DISTRIBUTIONS):
             raise ConfigError(f"{source}: key 'search.{key}': expected one of {sorted(DISTRIBUTIONS)} with its values")
@@ -322,16 +337,35 @@ def results_table(results, spec: SweepSpec, epochs: int):
     return pd.DataFrame(rows)
 
 
+def finished(table):
+    """The rows of trials that ran to the end: not stopped early, no error."""
+    return table[~table["stopped_early"].astype(bool) & (table["status"] == "TERMINATED")]
+
+
+def best_trial(table, metric: str, mode: str):
+    """The trial_id of the finished trial with the best `metric` in `mode` (max: highest,
+    min: lowest), what Tune's scheduler and searcher optimised; None when no finished
+    trial reported a finite value."""
+    import pandas as pd
+
+    done = finished(table)
+    values = pd.to_numeric(done[metric], errors="coerce").astype(float) if metric in done else pd.Series(dtype=float)
+    values = values[values.abs() < float("inf")]  # NaN and inf out
+    if values.empty:
+        return None
+    return done.loc[values.idxmax() if mode == "max" else values.idxmin(), "trial_id"]
+
+
 def _log_sweep_results(client, parent_id: str, spec: SweepSpec, table) -> str | None:
     import tempfile
 
     from . import plots
-    from .tracking import RUN_NAME_TAG
+    from .tracking import find_runs_by_name
 
     exp_id = client.get_run(parent_id).info.experiment_id
 
     def child_runs(trial_id):
-        return client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{spec.name}-{trial_id}'")
+        return find_runs_by_name(client, [exp_id], f"{spec.name}-{trial_id}")
 
     # ASHA kills a stopped trial's driver, so its child run never ends by itself: close it
     # here as KILLED, tagged, so the UI tells "stopped early" from "still running".
@@ -339,11 +373,10 @@ def _log_sweep_results(client, parent_id: str, spec: SweepSpec, table) -> str | 
         for run in child_runs(row.trial_id):
             client.set_tag(run.info.run_id, "msclr.stopped_early", f"epoch {row.epochs_done}")
             client.set_terminated(run.info.run_id, "KILLED")
-    done = table[~table["stopped_early"] & (table["status"] == "TERMINATED")]
-    col = "final_linear_top1" if done["final_linear_top1"].notna().any() else spec.metric
-    best = None
-    if not done.empty and done[col].notna().any():
-        best = done.loc[done[col].idxmax() if spec.mode == "max" else done[col].idxmin(), "trial_id"]
+    done = finished(table)
+    col = "final_linear_top1" if done["final_linear_top1"].notna().any() else spec.metric  # what the plots show
+    best = best_trial(table, spec.metric, spec.mode)
+    if best is not None:
         for run in child_runs(best):
             client.set_tag(run.info.run_id, "msclr.best_trial", "true")
         client.set_tag(parent_id, "best_trial", best)

@@ -8,104 +8,70 @@ database and artifacts live under one project directory (`msclr_home()`).
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import socket
+import math
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-from msclr_core.errors import ConfigError
-from msclr_core.io_utils import atomic_write_text
+# The local server (start, reuse, stop, health) lives in mlflow_server; re-exported here.
+from .mlflow_server import (  # noqa: F401
+    check_reachable,
+    ensure_tracking_uri,
+    msclr_home,
+    server_healthy,
+    server_root,
+    start_server,
+    stop_server,
+)
 
 RUN_NAME_TAG = "msclr.run_name"  # resume-by-name: one MLflow run per msclr run name
 
 
-def msclr_home() -> Path:
-    """Project-level directory for runs, checkpoints and the tracking database."""
-    return Path(os.environ.get("MSCLR_HOME", Path.cwd() / "msclr_runs")).resolve()
+def _name_filter(name: str) -> str:
+    """An MLflow filter string that matches the runs tagged `name`, and maybe more.
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_healthy(uri: str, timeout: float = 2.0) -> bool:
+    MLflow's filter grammar has no escapes: a quoted value is taken between its quotes as
+    it stands. So the name is quoted with a quote it does not contain, and the filter is
+    parsed back with MLflow's own parser to prove it says exactly `name`. A name that
+    holds both quotes (or that the parser reads otherwise) becomes a LIKE pattern with
+    `_` (any one character) for each quote and backslash: a superset, filtered exactly
+    by the caller. `%` and `_` in a name only widen a LIKE, never an `=`."""
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as r:
-            return r.status == 200
-    except OSError:
-        return False
+        from mlflow.utils.search_utils import SearchUtils
+    except ImportError:  # an MLflow that moved its parser: the LIKE superset is always right
+        SearchUtils = None  # noqa: N806
+
+    for quote in ("'", '"') if SearchUtils is not None else ():
+        candidate = f"tags.`{RUN_NAME_TAG}` = {quote}{name}{quote}"
+        try:
+            (clause,) = SearchUtils.parse_search_filter(candidate)
+        except Exception:  # noqa: BLE001 - MlflowException or a parser error: not this quoting
+            continue
+        if (clause.get("key"), clause.get("comparator"), clause.get("value")) == (RUN_NAME_TAG, "=", name):
+            return candidate
+    pattern = "".join("_" if c in "'\"\\" else c for c in name)
+    return f"tags.`{RUN_NAME_TAG}` LIKE '{pattern}'"
 
 
-def start_server(root: Path, port: int | None = None, wait_s: float = 90.0) -> dict:
-    """Start `mlflow server` on 127.0.0.1 detached from this process; return its info."""
-    root.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
-    db = root / "mlflow.db"
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{db}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    log = open(root / "server.log", "ab")
-    # MLflow's job runner (GenAI scorers) is a dozen more processes that msclr never uses.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root, env=env)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if server_healthy(uri):
-            info = {"uri": uri, "pid": proc.pid, "port": port, "root": str(root)}
-            atomic_write_text(root / "server.json", json.dumps(info))
-            return info
-        if proc.poll() is not None:
+def find_runs_by_name(client, experiment_ids: list[str], name: str, max_results: int | None = None) -> list:
+    """The runs of these experiments tagged with msclr run name `name` (newest first), at most
+    `max_results`. The one place a run name reaches an MLflow filter: any name is safe."""
+    found, token, where = [], None, _name_filter(name)
+    while max_results is None or len(found) < max_results:
+        page = client.search_runs(experiment_ids, filter_string=where, max_results=1000, page_token=token)
+        found += [run for run in page if run.data.tags.get(RUN_NAME_TAG) == name]
+        token = page.token
+        if not token:
             break
-        time.sleep(0.5)
-    with contextlib.suppress(ProcessLookupError):  # the server's workers too, not just the launcher
-        os.killpg(proc.pid, signal.SIGKILL)
-    tail = (root / "server.log").read_text(errors="replace")[-2000:]
-    raise RuntimeError(f"mlflow server did not start on {uri} (log: {root / 'server.log'}):\n{tail}")
-
-
-def ensure_tracking_uri(explicit: str | None = None, *, start: bool = True, quiet: bool = False) -> str:
-    """The tracking URI to use: explicit > MLFLOW_TRACKING_URI > the local server (started if needed)."""
-    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    root = msclr_home() / "mlflow"
-    info_file = root / "server.json"
-    if info_file.exists():
-        info = json.loads(info_file.read_text())
-        if server_healthy(info["uri"]):
-            return info["uri"]
-    if not start:
-        raise ConfigError("no MLflow server: set MLFLOW_TRACKING_URI or run `msclr ui`")
-    info = start_server(root)
-    if not quiet:
-        print(f"MLflow UI: {info['uri']}  (local server, data in {root})", file=sys.stderr)
-    return info["uri"]
-
-
-def check_reachable(uri: str) -> None:
-    """Fail before any compute when the tracking server is unreachable."""
-    if uri.startswith("http") and not server_healthy(uri, timeout=5.0):
-        raise ConfigError(f"MLflow tracking server {uri} is unreachable (check MLFLOW_TRACKING_URI or start it)")
+    return found if max_results is None else found[:max_results]
 
 
 def get_or_create_run(client, experiment: str, run_name: str, *, parent_run_id: str | None = None, tags=None):
     """Return (run_id, resumed): the run tagged with this msclr run name, or a new one."""
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1)
+    found = find_runs_by_name(client, [exp_id], run_name, max_results=1)
     if found:
         return found[0].info.run_id, True
     all_tags = {RUN_NAME_TAG: run_name, **(tags or {})}
@@ -117,6 +83,36 @@ def get_or_create_run(client, experiment: str, run_name: str, *, parent_run_id: 
 
 def logged_steps(client, run_id: str, key: str) -> set[int]:
     return {m.step for m in client.get_metric_history(run_id, key)}
+
+
+def latest_values(client, run_id: str, key: str) -> dict[int, tuple[int, float]]:
+    """step -> (timestamp, value) of the entry MLflow shows for that step: its latest one.
+
+    MLflow keeps every value logged for a step; a run that replays an epoch (a restore,
+    a resume) logs it again later, so the latest entry is the run that continued."""
+    out: dict[int, tuple[int, float]] = {}
+    for m in client.get_metric_history(run_id, key):
+        if m.step not in out or m.timestamp >= out[m.step][0]:
+            out[m.step] = (m.timestamp, m.value)
+    return out
+
+
+def changed_metrics(batch: list, latest: dict[str, dict[int, tuple[int, float]]]) -> list:
+    """The metrics of `batch` that the run lacks, or shows with another value at that step.
+
+    A changed value is logged again with a timestamp after the entry it replaces, so the
+    latest entry (what MLflow shows) is always the run that continues; an equal value (an
+    exact replay) is not logged twice."""
+    from mlflow.entities import Metric
+
+    out = []
+    for m in batch:
+        seen = latest.get(m.key, {}).get(m.step)
+        if seen is None:
+            out.append(m)
+        elif not (seen[1] == m.value or (math.isnan(seen[1]) and math.isnan(m.value))):
+            out.append(Metric(m.key, m.value, max(m.timestamp, seen[0] + 1), m.step))
+    return out
 
 
 def log_params(client, run_id: str, params: dict) -> None:
@@ -152,18 +148,20 @@ def epoch_metrics(row: dict, step: int, timestamp_ms: int) -> list:
 
 
 def sync_history(client, run_id: str, history: list[dict]) -> int:
-    """Log the epochs of `history` (rows with an "epoch" key) that the run lacks; return how many.
+    """Make the run show `history` (rows with an "epoch" key); return how many metrics were logged.
 
-    The checkpoint's history is the durable copy of every epoch's metrics: whatever the
-    worker could not deliver (server down at the end, worker killed with a backlog) is
-    sent from here, and never twice.
-    """
-    done = logged_steps(client, run_id, "loss")
-    missing = [row for row in history if row["epoch"] not in done]
+    The checkpoint's history is the durable copy of every epoch's metrics, and it is the
+    run that continues: whatever the worker could not deliver (server down at the end,
+    worker killed with a backlog) is sent from here, an epoch the run shows with other
+    values (replayed after a restore or a resume) is logged again later, so that its
+    latest value is this history's, and nothing equal is sent twice."""
     ts = int(time.time() * 1000)
-    for row in missing:
-        client.log_batch(run_id, metrics=epoch_metrics(row, row["epoch"], ts))
-    return len(missing)
+    batch = [m for row in history for m in epoch_metrics(row, row["epoch"], ts)]
+    latest = {key: latest_values(client, run_id, key) for key in sorted({m.key for m in batch})}
+    todo = changed_metrics(batch, latest)
+    for i in range(0, len(todo), 1000):  # MLflow's log_batch limit
+        client.log_batch(run_id, metrics=todo[i : i + 1000])
+    return len(todo)
 
 
 class MetricLogger:
@@ -171,25 +169,32 @@ class MetricLogger:
 
     `log` only queues; a background thread sends one epoch per `log_batch`. While the server
     is unreachable (restarting, network) the backlog stays in memory and the thread retries
-    with backoff, so a restart loses nothing and training never waits on MLflow. Nothing
-    is logged twice: steps the run already has (epochs re-run after a restore) are skipped,
-    and a batch whose reply was lost is re-sent unchanged (same timestamps), which the
-    server de-duplicates. `close(timeout_s)` waits for the backlog at the end of training.
+    with backoff, so a restart loses nothing and training never waits on MLflow. An epoch
+    the run already shows with the same values (an exact replay after a restore) is not sent
+    again; one it shows with other values is sent again, later, so that MLflow's latest value
+    is the run that continues (changed_metrics). A batch whose reply was lost is re-sent
+    unchanged (same timestamps), which the server de-duplicates.
+
+    `close(timeout_s)` waits for the backlog at the end of training, but never longer than
+    the outage in progress may still last: `retry_budget_s` from its first failed send
+    (`outage_since`, which the driver takes over: one budget for the whole run).
 
     This loop replaces MLflow's own HTTP retries, which would hold one request for minutes:
     construct the logger where MLFLOW_HTTP_REQUEST_MAX_RETRIES=0 (the train worker sets it).
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, retry_s: float = 1.0, max_retry_s: float = 15.0):
+    def __init__(self, tracking_uri: str, run_id: str, retry_s: float = 1.0, max_retry_s: float = 15.0,
+                 retry_budget_s: float = math.inf):  # fmt: skip
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
         self.run_id = run_id
-        self.retry_s, self.max_retry_s = retry_s, max_retry_s
+        self.retry_s, self.max_retry_s, self.retry_budget_s = retry_s, max_retry_s, retry_budget_s
         self.failures = 0  # failed send attempts (what a server outage costs: retries, not data)
+        self.outage_since: float | None = None  # wall time of the first failed send of the outage in progress
         self._pending: list[tuple[int, list]] = []  # (step, metrics), oldest first
-        self._done: set[int] | None = None  # steps the run has; read on first contact
-        self._closing = False
+        self._latest: dict[str, dict[int, tuple[int, float]]] = {}  # key -> step -> (timestamp, value) shown
+        self._closing = self._abandoned = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._send_loop, name="msclr-metrics", daemon=True)
         self._thread.start()
@@ -210,36 +215,55 @@ class MetricLogger:
         with self._cond:
             return len(self._pending)
 
-    def close(self, timeout_s: float = 60.0) -> bool:
-        """Wait up to timeout_s for the backlog to reach the server; True if it did."""
+    def budget_spent(self) -> bool:
+        since = self.outage_since
+        return since is not None and time.time() - since >= self.retry_budget_s
+
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Wait for the backlog to reach the server: True if it did. Gives up (and stops the
+        sender, so nothing arrives after the driver took over) when the outage in progress
+        has used the retry budget, or after timeout_s."""
+        deadline = time.monotonic() + (math.inf if timeout_s is None else timeout_s)
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-            return self._cond.wait_for(lambda: not self._pending, timeout=timeout_s)
+            while self._pending:
+                if time.monotonic() >= deadline or self.budget_spent():
+                    self._abandoned = True
+                    self._cond.notify_all()
+                    return False
+                self._cond.wait(timeout=0.5)
+            return True
 
     def _send_loop(self) -> None:
         delay = self.retry_s
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._pending or self._closing)
-                if not self._pending:
+                self._cond.wait_for(lambda: self._pending or self._closing or self._abandoned)
+                if self._abandoned or not self._pending:
                     return
                 step, batch = self._pending[0]
             try:
-                self._send(step, batch)
+                self._send(batch)
             except Exception:  # noqa: BLE001 - server unreachable: keep the backlog, retry later
-                self.failures += 1
+                with self._cond:
+                    self.failures += 1
+                    self.outage_since = self.outage_since or time.time()
+                    self._cond.notify_all()
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_retry_s)
                 continue
             delay = self.retry_s
             with self._cond:
+                self.outage_since = None
                 self._pending.pop(0)
                 self._cond.notify_all()
 
-    def _send(self, step: int, batch: list) -> None:
-        if self._done is None:
-            self._done = logged_steps(self.client, self.run_id, "loss")
-        if step not in self._done:
-            self.client.log_batch(self.run_id, metrics=batch)
-            self._done.add(step)
+    def _send(self, batch: list) -> None:
+        for key in sorted({m.key for m in batch} - self._latest.keys()):
+            self._latest[key] = latest_values(self.client, self.run_id, key)
+        todo = changed_metrics(batch, self._latest)
+        if todo:
+            self.client.log_batch(self.run_id, metrics=todo)
+        for m in todo:
+            self._latest[m.key][m.step] = (m.timestamp, m.value)

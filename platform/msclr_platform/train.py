@@ -17,6 +17,8 @@ looks like a checkpoint. A worker that dies mid-epoch restarts from the last che
 from (seed, epoch, step), and the checkpoint holds the model (BN statistics, and the MoCo
 queue as extra state), the optimizer (momentum buffers) and the metric history.
 
+A stop request from the driver (SIGINT/SIGTERM, lifecycle.py) is checked at every step
+boundary; rank 0's MLflow outage and where it stopped go back in the train function's value.
 Test-only fault injection: fault_injection.py (MSCLR_FAULT_INJECT).
 """
 
@@ -39,15 +41,21 @@ from msclr_core.pretrain import build_model, build_optimizer, train_epoch, valid
 from .config import ExperimentConfig, from_dict
 from .data import load_split, dataset_for
 from .fault_injection import FAULT_ENV, Fault, FaultInjector
-from .local_ray import start_local_ray, user_ray_address
+from .local_ray import connect_ray, start_local_ray, user_ray_address
+from .lifecycle import StopCheck, StopTraining
+from .offline import tracking_env
 from .tracking import MetricLogger, msclr_home
 
 CKPT_FILE = "state.pt"
-METRICS_CLOSE_TIMEOUT_S = 60.0  # the driver logs whatever is still unsent from the checkpoint
+METRICS_CLOSE_ON_STOP_S = 10.0  # after a stop signal, at most this long for unsent epochs (the driver has them)
 
 
 class CheckpointWriteError(MsclrError):
     """A checkpoint could not be written (disk full, quota, file-size limit); the previous one is intact."""
+
+
+class CheckpointReadError(MsclrError):
+    """A checkpoint file is unreadable (truncated, corrupt) or refused (objects other than tensors)."""
 
 
 # ---------------------------------------------------------------- worker side
@@ -87,8 +95,24 @@ def write_checkpoint(target: Path, data: bytes, midway=None) -> None:
 
 
 def load_state(path: Path, map_location="cpu") -> dict:
-    # weights_only: checkpoints may live on shared storage; loading one must never run code.
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """A checkpoint's state dict. weights_only: checkpoints may live on shared storage, so
+    loading one must never run code; a file holding anything else is refused, naming the
+    file and the refused object (never suggesting that the protection be turned off)."""
+    import pickle
+    import re
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))  # torch names the global it refused
+        what = f" (it asks to import {refused.group(1)})" if refused else ""
+        raise CheckpointReadError(
+            f"{path}: refused: this checkpoint holds objects other than tensors and plain containers{what}; "
+            "msclr never writes such a file, so it was not written by msclr or was altered. "
+            "Use a checkpoint msclr wrote, or delete this one to start the run again") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:  # truncated zip, a directory, unreadable
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise CheckpointReadError(f"{path}: cannot read checkpoint: {reason}") from None
 
 
 def save_checkpoint(target: Path, epoch: int, data: bytes, faults: FaultInjector, previous: str | None) -> None:
@@ -166,16 +190,28 @@ def restore(model, optimizer, device) -> tuple[int, list[dict], str | None]:
     return state["epoch"] + 1, state["history"], checkpoint.path
 
 
-def worker_metric_logger(loop_config: dict, history: list[dict]) -> MetricLogger:
-    # MetricLogger retries in the background; MLflow's own retries would hold a request for minutes.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"])
+def worker_metric_logger(loop_config: dict, history: list[dict], budget_s: float) -> MetricLogger:
+    # MetricLogger retries in the background within the run's retry budget; MLflow's own
+    # retries would hold a request for minutes (make_trainer sends these in the runtime_env).
+    for key, value in tracking_env(budget_s).items():
+        os.environ.setdefault(key, value)
+    logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"], retry_budget_s=budget_s)
     logger.log_history(history)  # a killed worker may have died with restored epochs unsent
     return logger
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
+def step_boundary(faults: FaultInjector, stop: StopCheck, epoch: int, step: int, steps: int) -> None:
+    """After each step: the test-only fault point, then the stop check (not after the last
+    step: an epoch that has finished is checkpointed instead of thrown away)."""
+    faults.kill_point(epoch, step)
+    if step < steps - 1 and stop():
+        raise StopTraining(step, steps)
+
+
+def train_loop_per_worker(loop_config: dict) -> dict | None:
+    """One Ray Train worker. Rank 0 returns {"stopped": where a stop request stopped it
+    (None: it trained every epoch), "outage_since": the start of an MLflow outage that left
+    epochs unsent (None: all sent)}, which the driver reads as Result.return_value."""
     import ray.train
     import ray.train.torch
 
@@ -201,17 +237,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
     logger = None
     if rank == 0:
         discard_partial_checkpoints(run_dir)
-        logger = worker_metric_logger(loop_config, history)
+        logger = worker_metric_logger(loop_config, history, cfg.tracking.retry_budget_s)
     probe = ProbeSet.load(cfg) if rank == 0 and cfg.eval.probe_every > 0 else None
     autocast = torch.bfloat16 if cfg.precision == "bf16" else None
     epochs = settings.optim.epochs
+    stop, stopped = StopCheck(loop_config.get("stop_key"), rank, world, device), None
     for epoch in range(start_epoch, epochs + 1):
         t0 = time.perf_counter()
-        stats = train_epoch(
-            ddp_model, optimizer, data, settings, epoch,
-            rank=rank, world_size=world, device=device, autocast_dtype=autocast,
-            on_step=lambda step, _n, epoch=epoch: faults.kill_point(epoch, step),
-        )  # fmt: skip
+        try:
+            stats = train_epoch(
+                ddp_model, optimizer, data, settings, epoch,
+                rank=rank, world_size=world, device=device, autocast_dtype=autocast,
+                on_step=lambda step, n, epoch=epoch: step_boundary(faults, stop, epoch, step, n),
+            )  # fmt: skip
+        except StopTraining as halt:  # every rank, after the same step; the epoch is trained again on resume
+            stopped = {"epoch": epoch, "step": halt.step + 1, "steps": halt.steps}
+            break
         stats["epoch_time_s"] = time.perf_counter() - t0
         if probe is not None and (epoch % cfg.eval.probe_every == 0 or epoch == epochs):
             stats["probe_knn_top1"] = probe.knn_top1(model.encoder_q, device)
@@ -225,7 +266,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             )
             logger.log(stats, step=epoch)
         metrics = {"epoch": epoch, **stats}
-        if epoch % cfg.ray.checkpoint_every == 0 or epoch == epochs:
+        halting = stop()  # a request seen at the end of an epoch: checkpoint it, then stop
+        if halting or epoch % cfg.ray.checkpoint_every == 0 or epoch == epochs:
             with checkpoint_target(run_dir, epoch) as (target, upload_mode):
                 if rank == 0:
                     save_checkpoint(target, epoch, state_bytes(model, optimizer, epoch, history), faults, last_checkpoint)
@@ -234,8 +276,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=target.name, checkpoint_upload_mode=upload_mode)
         else:
             ray.train.report(metrics)
-    if logger is not None and not logger.close(METRICS_CLOSE_TIMEOUT_S):
-        print(f"MLflow unreachable: {logger.pending} epochs unsent; the driver logs them from the checkpoint", flush=True)
+        if halting:
+            stopped = {"epoch": epoch, "step": None, "steps": None}
+            break
+    if logger is None:
+        return None
+    budget = cfg.tracking.retry_budget_s
+    if logger.close(min(budget, METRICS_CLOSE_ON_STOP_S) if stopped else budget):
+        return {"stopped": stopped, "outage_since": None}
+    print(f"MLflow unreachable: {logger.pending} epochs unsent; the driver logs them from the checkpoint", flush=True)
+    return {"stopped": stopped, "outage_since": logger.outage_since}
 
 
 # ---------------------------------------------------------------- driver side
@@ -258,8 +308,8 @@ def init_ray(cfg: ExperimentConfig, num_cpus: int | None = None) -> None:
     os.environ.update(env)
     address = cfg.ray.address or user_ray_address()
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
-    else:  # a private local runtime bound to loopback (never a stale cluster from /tmp/ray)
+        connect_ray(address, runtime_env={"env_vars": env}, log_to_driver=True)
+    else:  # a private local runtime: loopback only, token auth (never a stale cluster from /tmp/ray)
         start_local_ray(num_cpus=num_cpus, env_vars=env)
 
 
@@ -292,7 +342,6 @@ def run_directory(cfg: ExperimentConfig) -> str:
 
 def make_trainer(cfg: ExperimentConfig, loop_config: dict, callbacks=None):
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     # What every worker needs besides the caller's keys; the fault spec is parsed here so a
     # typo fails before any compute.
@@ -303,7 +352,7 @@ def make_trainer(cfg: ExperimentConfig, loop_config: dict, callbacks=None):
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
         resources["GPU"] = cfg.ray.gpus_per_worker
-    return TorchTrainer(
+    return _trainer_class()(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
@@ -317,8 +366,24 @@ def make_trainer(cfg: ExperimentConfig, loop_config: dict, callbacks=None):
             ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
             callbacks=callbacks or [],
+            worker_runtime_env={"env_vars": tracking_env(cfg.tracking.retry_budget_s)},
         ),
     )
+
+
+def _trainer_class():
+    """TorchTrainer, except that fit() leaves SIGINT to msclr (lifecycle.py): Train V2's own
+    handler aborts the workers mid-step and exits 0 or 1 with the MLflow run left RUNNING.
+    The controller is kept for lifecycle.stop_at_step_boundary, which aborts through it."""
+    from ray.train.torch import TorchTrainer
+
+    class MsclrTrainer(TorchTrainer):
+        controller = None
+
+        def _register_sigint_handler(self, controller):
+            self.controller = controller
+
+    return MsclrTrainer
 
 
 def preflight(cfg: ExperimentConfig) -> int:

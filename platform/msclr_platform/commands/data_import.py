@@ -4,7 +4,7 @@
         --data ntu-rgb+d:train=train_position.npy --data ntu-rgb+d:val=val_position.npy \\
         --data smplx_42:train=smplx_train.npy --data smplx_42:val=smplx_val.npy
     msclr data import pyskl ntu60_3danno.pkl --out DIR --convention ntu-rgb+d
-    msclr data import poses POSE_DIR --dataset DIR --convention smplx_42      (adds to DIR in place)
+    msclr data import poses POSE_DIR --dataset DIR --convention smplx_42 --frame camera-ydown   (adds to DIR)
     msclr data import mocap bandai1_10cls.npz --out DIR --conventions ntu-rgb+d,h36m_17
 """
 
@@ -39,6 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("poses (per-sample estimator output <name>.npy/.pt)")
     g.add_argument("--dataset", help="existing dataset directory to add the convention to")
     g.add_argument("--pose-unit", default="mm", help="unit of the pose files (MeTRAbs: mm)")
+    g.add_argument("--frame", default="camera-ydown",
+                   choices=["camera-ydown", "camera-ydown-mirrored", "camera-yup", "kinect"],
+                   help="coordinate frame of the pose files, converted to the dataset's (NTU Kinect: x to the "
+                        "camera's left, y up, z forward). camera-ydown (default): MeTRAbs/OpenCV camera "
+                        "coordinates, x right, y down, z forward, which are the Kinect frame turned 180 degrees "
+                        "about z, so x and y are negated; camera-ydown-mirrored: the same from a video mirrored "
+                        "left-right (x kept, left/right joints swapped); camera-yup: OpenGL, x right, y up, "
+                        "z backward; kinect: already the dataset frame. Recorded in the manifest; "
+                        "`msclr data check` reports a wrong choice (e.g. 'y axis flipped')")
     g.add_argument("--missing", choices=["error", "zero"], default="error",
                    help="a sample without a pose file: fail (default) or zero-fill and report")
     g.add_argument("--replace", action="store_true", help="overwrite the convention if the dataset has it")
@@ -100,7 +109,7 @@ def _run(args):
 
         _require(args, "source", "dataset")
         rep = add_pose_convention(args.dataset, args.source, args.convention, unit=args.pose_unit, T=args.frames,
-                                  persons=args.persons, missing=args.missing, replace=args.replace)
+                                  persons=args.persons, missing=args.missing, replace=args.replace, frame=args.frame)
         return rep.dataset, {"zero_filled": rep.zero_filled}
     from msclr_core.data.mocap import import_real_mocap_npz
 

@@ -1,6 +1,9 @@
 """`msclr pretrain CONFIG [--set key=value ...]`: Ray Train pretraining + evaluation, tracked in MLflow.
 
-Running the same command again (same `name`) resumes from the last checkpoint.
+Running the same command again (same `name`) resumes from the last checkpoint. A run that
+exists with another config is refused (exit 2, naming the keys) unless `--new-run` or
+`--resume-changed` says what to do (msclr_platform.resume). Ctrl-C / SIGTERM stop the
+workers at a step boundary and exit 130 / 143 with the run KILLED and the command that resumes it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser)
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation run")
+    change = parser.add_mutually_exclusive_group()
+    change.add_argument("--new-run", action="store_const", dest="on_change", const="new-run",
+                        help="the run exists with another config: train a fresh run NAME-2 (-3, ...) instead")
+    change.add_argument("--resume-changed", action="store_const", dest="on_change", const="resume-changed",
+                        help="the run exists with another config: continue it, recorded as a new config version")
+    parser.set_defaults(on_change="refuse")
 
 
 def main(args) -> int:
@@ -28,7 +37,7 @@ def main(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.no_eval:
         cfg.eval.enabled = False
-    out = run_experiment(cfg)
+    out = run_experiment(cfg, on_change=args.on_change)
     if "results" in out:
         import pandas as pd
 
