@@ -44,6 +44,7 @@ class MSCLR(nn.Module):
         mining_epoch: int = 150,
         topk: int = 1,
         queue_seed: int = 0,
+        fused_views: bool | None = None,
         **encoder_kwargs,
     ):
         super().__init__()
@@ -61,6 +62,14 @@ class MSCLR(nn.Module):
         self.objective = objective
         self.momentum, self.temperature = float(momentum), float(temperature)
         self.mining_epoch, self.topk = int(mining_epoch), topk
+        # AimCLR's two query views (normal x2, extreme x1) through encoder_q as ONE batch, each
+        # view with its own BatchNorm statistics (view_batchnorm.batch_norm): the same function,
+        # running statistics and gradients as two calls, with twice the batch per kernel. None:
+        # fused where that is exact, i.e. without dropout (a fused call draws the dropout masks
+        # in another order: the same distribution, other masks), and not on the CPU, where twice
+        # the batch per kernel gains nothing (measured 0.89-1.04x, benchmarks/RESULTS.md).
+        # False: the two-call reference (`msclr bench step` times both).
+        self.fused_views = fused_views
 
         encoder_kwargs.setdefault("head", "mlp")  # the official "mlp hack": 256 -> 256 -> 128
         self.encoder_q = UnifiedSTGCN(self.conventions, feature_dim=feature_dim, **encoder_kwargs)
@@ -106,12 +115,17 @@ class MSCLR(nn.Module):
         """x1: extreme query view (AimCLR only; may be None for SkeletonCLR), x2: normal
         query view, x3: normal key view. Epochs are 1-based; nearest-neighbour mining
         (AimCLR) from epoch mining_epoch + 1 on. Returns (loss, stats of detached scalars)."""
-        q = self.encoder_q(x2, conv_q)
         extra = ()
-        if self.objective == "aimclr":
-            if x1 is None:
-                raise ValueError("objective 'aimclr' needs x1, the extremely augmented query view")
-            extra = self.encoder_q(x1, conv_q, drop=True)  # (q_e, q_ed)
+        if self.objective == "aimclr" and x1 is None:
+            raise ValueError("objective 'aimclr' needs x1, the extremely augmented query view")
+        if self.objective == "aimclr" and x1.shape == x2.shape and self.fuses_views():
+            z, q_ed = self.encoder_q(torch.cat([x2, x1]), conv_q, drop=True, groups=2)
+            q, q_e = z.chunk(2)
+            extra = (q_e, q_ed)
+        else:
+            q = self.encoder_q(x2, conv_q)
+            if self.objective == "aimclr":
+                extra = self.encoder_q(x1, conv_q, drop=True)  # (q_e, q_ed)
 
         with torch.no_grad():
             self._momentum_update_key_encoder()
@@ -142,6 +156,15 @@ class MSCLR(nn.Module):
             stats["acc"] = (logits.argmax(dim=1) == 0).float().mean()
             stats["pos_count"] = pos_mask.sum(dim=1).mean() if pos_mask is not None else torch.ones((), device=q.device)
         return loss, {name: value.detach() for name, value in stats.items()}
+
+    def fuses_views(self) -> bool:
+        """Whether forward runs AimCLR's x2 and x1 through encoder_q as one batch (see fused_views)."""
+        if self.objective != "aimclr":
+            return False
+        if self.fused_views is not None:
+            return self.fused_views
+        exact = not self.encoder_q.training or self.encoder_q.dropout == 0
+        return exact and self.queue.device.type != "cpu"
 
     def extra_repr(self) -> str:
         return (

@@ -24,6 +24,7 @@ import torch.nn as nn
 from msclr_core.conventions import get_convention, list_conventions
 from msclr_core.errors import ConfigError
 from msclr_core.graph import adjacency
+from msclr_core.view_batchnorm import batch_norm, memory_format, run
 
 HEADS = ("mlp", "mlp_bn", "linear", None)
 
@@ -122,7 +123,7 @@ class STGCNBlock(nn.Module):
         n, _, t, v = x.shape
         K, c_in, c_out = self.num_subsets, self.c_in, self.c_out
         A = A.to(x.dtype)
-        x_ntvc = x.permute(0, 2, 3, 1)  # a view for channels-last x
+        x_ntvc = _KeepGradLayout.apply(x).permute(0, 2, 3, 1)  # a view for channels-last x
         A_fused = A.permute(2, 0, 1).reshape(v * K, v)  # [w*K + k, v] = A[k, v, w]
         x_A = torch.matmul(A_fused, x_ntvc).view(n, t, v, K * c_in)
         W = self.gcn.weight.view(K, c_out, c_in).transpose(0, 1).reshape(c_out, K * c_in)
@@ -130,9 +131,32 @@ class STGCNBlock(nn.Module):
         y = torch.nn.functional.linear(x_A, W.to(x.dtype)) + b_A  # (N, T, V, C_out)
         return y.permute(0, 3, 1, 2)  # (N, C_out, T, V), channels-last memory
 
-    def forward(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-        res = 0 if self.residual is None else self.residual(x[:, :, :: self.stride])
-        return self.relu(self.tcn(self.graph_conv(x, A)) + res)
+    def forward(self, x: torch.Tensor, A: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        """groups: x holds that many views stacked along the batch, each with its own BN statistics."""
+        if self.residual is None:
+            res = 0
+        else:
+            # Frames sliced in the (N, T, V, C) view: the slice's gradient then comes back
+            # channels-last like every other gradient here (slicing the (N, C, T, V) view gave a
+            # contiguous one, and the residual add and ReLU backward ran on mixed layouts, ~8x slower).
+            res = run(self.residual, x.permute(0, 2, 3, 1)[:, :: self.stride].permute(0, 3, 1, 2), groups)
+        return self.relu(run(self.tcn, self.graph_conv(x, A), groups) + res)
+
+
+class _KeepGradLayout(torch.autograd.Function):
+    """Identity whose backward hands the gradient on in the input's memory layout. The graph
+    conv's matmul returns its input gradient in (N, T, C, V) memory; the residual add, ReLU and
+    BatchNorm backward that follow ran up to ~8x slower on that mix of layouts (CPU) than on
+    channels-last alone, which one copy restores."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.memory_format = memory_format(x)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous(memory_format=ctx.memory_format)
 
 
 def simam_drop(x: torch.Tensor, keep_prob: float = 0.7, e_lambda: float = 1e-4) -> torch.Tensor:
@@ -228,7 +252,7 @@ class UnifiedSTGCN(nn.Module):
                     head, feature_dim)  # fmt: skip
         self.conventions = tuple(conventions)
         self.in_channels, self.hidden_dim = in_channels, hidden_dim
-        self.keep_prob, self.e_lambda = keep_prob, e_lambda
+        self.keep_prob, self.e_lambda, self.dropout = keep_prob, e_lambda, dropout
         graphs = {name: torch.from_numpy(adjacency(name, partition)) for name in self.conventions}
         self.num_joints = {name: get_convention(name).num_joints for name in self.conventions}
 
@@ -272,24 +296,25 @@ class UnifiedSTGCN(nn.Module):
                 f"V={V}; got shape {tuple(x.shape)}"
             )
 
-    def feature_map(self, x: torch.Tensor, conv: str) -> torch.Tensor:
-        """The last block's output (N*M, hidden_dim, T', V_conv)."""
+    def feature_map(self, x: torch.Tensor, conv: str, groups: int = 1) -> torch.Tensor:
+        """The last block's output (N*M, hidden_dim, T', V_conv). groups: see forward."""
         self._check_input(x, conv)
         N, C, T, V, M = x.shape
         # data-BN over (N*M, V*C, T): one normaliser per (joint, coordinate), persons pooled
         x = x.permute(0, 4, 3, 1, 2).reshape(N * M, V * C, T)
-        x = self.data_bn[conv](x)
+        x = batch_norm(self.data_bn[conv], x, groups)
         # to (N*M, C, T, V) in channels-last memory, the layout every block works in
         x = x.view(N * M, V, C, T).permute(0, 3, 1, 2).contiguous().permute(0, 3, 1, 2)
         A = getattr(self, f"A_{conv}")
         for block, importance in zip(self.blocks, self.edge_importance[conv]):
-            x = block(x, A * importance)
+            x = block(x, A * importance, groups)
         return x
 
     @staticmethod
     def _pool(fmap: torch.Tensor, num_persons: int) -> torch.Tensor:
-        """Global average over (T, V), then mean over persons: (N*M, C, T, V) -> (N, C)."""
-        pooled = fmap.mean(dim=(2, 3))
+        """Global average over (T, V), then mean over persons: (N*M, C, T, V) -> (N, C).
+        Averaged in the (N, T, V, C) view, so that the gradient comes back channels-last."""
+        pooled = fmap.permute(0, 2, 3, 1).mean(dim=(1, 2))
         return pooled.view(-1, num_persons, pooled.shape[1]).mean(dim=1)
 
     # ------------------------------------------------------------------ API
@@ -297,11 +322,17 @@ class UnifiedSTGCN(nn.Module):
         """N x hidden_dim pooled features before the head (linear evaluation input)."""
         return self._pool(self.feature_map(x, conv), x.shape[-1])
 
-    def forward(self, x: torch.Tensor, conv: str, drop: bool = False):
-        fmap = self.feature_map(x, conv)
+    def forward(self, x: torch.Tensor, conv: str, drop: bool = False, groups: int = 1):
+        """groups > 1: x holds that many views of equal size stacked along the batch, and every
+        BatchNorm normalises each view with its own statistics (in train mode), so the call
+        equals separate calls per view, in order (dropout masks aside); z covers every view and
+        z_drop (drop=True) only the last one."""
+        fmap = self.feature_map(x, conv, groups)
         M = x.shape[-1]
-        z = self.fc(self._pool(fmap, M))
+        z = run(self.fc, self._pool(fmap, M), groups)
         if not drop:
             return z
-        z_drop = self.fc(self._pool(simam_drop(fmap, self.keep_prob, self.e_lambda), M))
+        # the last view, sliced in the (N, T, V, C) view so that its gradient stays channels-last
+        last = fmap.permute(0, 2, 3, 1)[fmap.shape[0] // groups * (groups - 1):].permute(0, 3, 1, 2)
+        z_drop = self.fc(self._pool(simam_drop(last, self.keep_prob, self.e_lambda), M))
         return z, z_drop

@@ -1,8 +1,13 @@
 """Shared pytest setup. Keep fixtures specific to one module in that module's test file."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+# The suite runs Ray workers, MLflow and test processes on 2 shared cores: spinning OpenMP
+# waits made steps up to 5x slower there (benchmarks/RESULTS.md, Speed II). Before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

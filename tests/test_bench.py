@@ -6,6 +6,7 @@ Tests named test_cuda_* need a GPU (benchmarks/gpu_check.sh runs them with `-k c
 need only torch, numpy and pyyaml, as the GPU machine may lack ray and mlflow.
 """
 
+import argparse
 import json
 import math
 import subprocess
@@ -39,14 +40,58 @@ def test_bench_step_reports_consistent_numbers(capsys, tmp_path):
     out = tmp_path / "step.json"
     report = bench_step(capsys, "--out", str(out))
     assert json.loads(out.read_text()) == report
-    for key in ("samples_per_s", "device", "dtype", "batch_size", "hidden_channels", "hidden_dim", "num_blocks",
-                "torch", "device_name", "official_samples_per_s", "ratio"):
+    for key in ("samples_per_s", "reference_samples_per_s", "speedup_vs_reference", "device", "dtype", "batch_size",
+                "hidden_channels", "hidden_dim", "num_blocks", "torch", "device_name", "official_samples_per_s",
+                "ratio", "fused_views", "reference"):
         assert key in report, key
     assert report["device"] == "cpu" and report["dtype"] == "fp32" and report["batch_size"] == 16
     assert report["steps"] >= 1 and report["samples_per_s"] > 0
     assert report["samples_per_s"] == pytest.approx(report["steps"] * 16 / report["seconds"], rel=1e-3, abs=0.05)
     assert report["ratio"] == pytest.approx(report["samples_per_s"] / 1137.0, abs=1e-3)
     assert math.isfinite(report["warmup_loss"]) and report["warmup_loss"] > 0
+    # the reference (today's step) is timed in the same run, in alternating rounds
+    assert report["reference_steps"] >= 1 and report["reference_samples_per_s"] > 0
+    assert report["reference_samples_per_s"] == pytest.approx(
+        report["reference_steps"] * 16 / report["reference_seconds"], rel=1e-3, abs=0.05)
+    rate = report["steps"] / report["seconds"]  # unrounded: the reported rates are rounded to 0.1
+    assert report["speedup_vs_reference"] == pytest.approx(
+        rate / (report["reference_steps"] / report["reference_seconds"]), rel=0.005)
+    assert abs(report["steps"] - report["reference_steps"]) <= 2  # one round of --round-steps 2 at most
+    assert report["fused_views"] is False  # auto on the CPU: the views fuse only on an accelerator
+
+
+def test_bench_step_defaults_to_the_quickstart_model_and_takes_a_config(capsys, tmp_path):
+    import yaml
+
+    from msclr_platform.commands import bench_step as command
+
+    args = argparse.Namespace(config=None, conventions=None, hidden_channels=None, hidden_dim=None, num_blocks=None,
+                              queue_size=None, batch_size=None, mining=False, seed=0)
+    quick = yaml.safe_load((REPO / "experiments" / "quickstart.yaml").read_text())
+    settings = command.settings_from_args(args)
+    assert settings.model.hidden_channels == quick["model"]["hidden_channels"]
+    assert settings.model.head == quick["model"]["head"] and settings.optim.batch_size == quick["optim"]["batch_size"]
+    assert settings.method.feature_dim == quick["method"]["feature_dim"] and settings.method.mining_epoch == 10**9
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("name: t\ndata: {path: .}\nconventions: [ntu-rgb+d]\nmodel: {hidden_channels: 4, hidden_dim: 8, "
+                   "num_blocks: 2, dropout: 0.0}\nmethod: {objective: skeletonclr, queue_size: 64}\n"
+                   "optim: {batch_size: 16}\n")
+    report = run_json(capsys, ["bench", "step", "--config", str(cfg), "--steps", "1", "--seconds", "1000",
+                               "--warmup-steps", "1", "--no-reference", "--hidden-dim", "12"])
+    assert report["conventions"] == ["ntu-rgb+d"] and report["objective"] == "skeletonclr"
+    assert report["hidden_channels"] == 4 and report["hidden_dim"] == 12 and report["batch_size"] == 16
+    assert report["reference_samples_per_s"] is None and report["speedup_vs_reference"] is None
+    assert report["steps"] == 1 and report["samples_per_s"] > 0
+
+
+def test_bench_step_fused_views_and_reference_threads_switches(capsys):
+    report = bench_step(capsys, "--steps", "2", "--seconds", "1000", "--fused-views", "on", "--threads", "1",
+                        "--reference-threads", "2", "--round-steps", "1")
+    assert report["fused_views"] is True and report["threads"] == 1 and report["reference_threads"] == 2
+    assert report["steps"] == report["reference_steps"] == 2
+    assert report["speedup_vs_reference"] > 0 and "separate" in report["reference"]
+    # same initial weights and warm-up data: the fused warm-up loss is the reference's up to float rounding
+    assert report["warmup_loss"] == pytest.approx(report["reference_warmup_loss"], rel=1e-3)
 
 
 def test_bench_step_step_limit_and_bf16(capsys):
@@ -70,6 +115,7 @@ def test_upcast_on_gather_returns_float32_rows():
 
 def test_bench_step_bad_arguments_exit_2(capsys):
     assert cli(["bench", "step", "--batch-size", "0"]) == 2
+    assert cli(["bench", "step", "--round-steps", "0"]) == 2
     assert cli(["bench", "step", *TINY_MODEL, "--batch-size", "16", "--queue-size", "100"]) == 2  # queue % batch
     if not torch.cuda.is_available():
         assert cli(["bench", "step", "--device", "cuda"]) == 2
