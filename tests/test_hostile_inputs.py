@@ -264,7 +264,7 @@ def test_hostile_array_files(base_dataset, data):
         ds = load_or_explain(root)
         if kind == "nan" and ds is not None:  # loads (values are not scanned); check names the sample
             problems = check_dataset(root)["problems"]
-            assert any(conv in p and "NaN" in p and "sample S00" in p for p in problems), problems
+            assert any(conv in p and "NaN" in p and "(S00" in p for p in problems), problems  # names the sample
         if kind == "symlink":
             assert ds is None
 
@@ -385,7 +385,10 @@ def test_hostile_pyskl_import(data):
             no_leftovers(Path(tmp), out)
         else:
             report = check_dataset(out)
-            assert report["ok"], report["problems"]
+            # a pickle without splits imports (the data is whole) but cannot be trained: check says so
+            unsplit = isinstance(obj, dict) and not obj.get("split")
+            assert report["ok"] or (unsplit and report["problems"] == [f"{out / 'manifest.json'}: no split protocol "
+                                                                       "(splits is empty)"]), report["problems"]
             assert ds.array("ntu-rgb+d").shape[2] == 8
 
 
