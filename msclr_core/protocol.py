@@ -182,6 +182,7 @@ class EvalReport:
     protocol: dict
     test_labels: np.ndarray
     test_logits: dict[str, np.ndarray] = field(default_factory=dict)  # "<model>/<convention>" -> N x classes
+    selected_logits: dict[str, np.ndarray] = field(default_factory=dict)  # same keys, best TEST epoch (labelled)
 
     def row(self, model: str, convention: str) -> dict:
         return next(r for r in self.rows if r["model"] == model and r["convention"] == convention)
@@ -189,6 +190,7 @@ class EvalReport:
     def extend(self, other: "EvalReport") -> "EvalReport":
         self.rows += other.rows
         self.test_logits.update(other.test_logits)
+        self.selected_logits.update(other.selected_logits)
         return self
 
 
@@ -203,7 +205,7 @@ def evaluate_features(feats: dict, labels: dict, num_classes: int, settings: Eva
     val = "val" in feats
     choose = None if val else holdout(y["train"].numpy(), s.val_fraction, s.seed)
     convs = list(feats["train"])
-    rows, logits = [], {}
+    rows, logits, selected = [], {}, {}
 
     def probe(pick, score):  # pick(part) -> the features of one convention, or the dict of all
         return fit_probe(pick("train"), y["train"], pick("test"), y["test"], num_classes, s.probe,
@@ -216,16 +218,18 @@ def evaluate_features(feats: dict, labels: dict, num_classes: int, settings: Eva
                              num_classes=num_classes)
         rows.append(_row(label, c, res, knn))
         logits[f"{label}/{c}"] = res.test_logits.numpy()
+        selected[f"{label}/{c}"] = res.test_selected_logits.numpy()
     if s.ensemble and len(convs) > 1:
         res = probe(lambda part: feats[part], False)
         rows.append(_row(label, "ensemble", res, float("nan")))
         logits[f"{label}/ensemble"] = res.test_logits.numpy()
+        selected[f"{label}/ensemble"] = res.test_selected_logits.numpy()
     protocol = {"probe": asdict(s.probe), "knn_k": s.knn_k, "choices_on": "val split" if val else
                 f"{s.val_fraction:.0%} of train (stratified, seed {s.seed}), refit on all of train",
                 "reported_epoch": "last", "also_reported": ["test_selected_top1 (best test epoch: test-set selection)"]
                 + (["test_top1_at_best_val"] if val else []), "standardized": s.probe.standardize,
                 "train_samples": len(y["train"]), "test_samples": len(y["test"])}
-    return EvalReport(rows, protocol, y["test"].numpy(), logits)
+    return EvalReport(rows, protocol, y["test"].numpy(), logits, selected)
 
 
 def encode(encoder, data: dict, stream: str, settings: EvalSettings, device=None) -> dict:
@@ -281,6 +285,7 @@ def evaluate_raw(data: dict, labels: dict, num_classes: int, settings: EvalSetti
             for key in ("best_val_epoch", "test_top1_at_best_val"):  # epochs of the probe, not the ridge
                 row.pop(key, None)
             report.test_logits[f"raw/{c}"] = test_logits.numpy()
+            report.selected_logits.pop(f"raw/{c}", None)  # a closed-form solve has no epochs to select
         row["raw_val_scores"] = {"probe": round(probe_val, 4), "ridge": round(val_acc[best], 4)}
     report.protocol["raw_train_samples"] = len(keep)
     return report

@@ -32,7 +32,8 @@ def test_fusion_sums_weighted_stream_logits_and_logs_a_run(tmp_path, mlflow_serv
     client = MlflowClient(mlflow_server)
     rng = np.random.default_rng(0)
     y = rng.integers(0, 5, size=40)
-    streams = {s: {k: rng.normal(size=(40, 5)).astype(np.float32) for k in ("ntu-rgb_d", "smplx_42", "ensemble")}
+    keys = ("ntu-rgb_d", "smplx_42", "ensemble", "test_selected.ntu-rgb_d", "test_selected.ensemble")
+    streams = {s: {k: rng.normal(size=(40, 5)).astype(np.float32) for k in keys}
                for s in ("joint", "motion", "bone")}  # fmt: skip
     cfgs = [config(f"fz-{s}", s) for s in streams]
     for cfg in cfgs:
@@ -40,7 +41,9 @@ def test_fusion_sums_weighted_stream_logits_and_logs_a_run(tmp_path, mlflow_serv
 
     run_id, rows = run_fusion(cfgs)
     by_key = {r["key"]: r for r in rows}
-    assert set(by_key) == {"ntu-rgb_d", "smplx_42", "ensemble"}
+    # last-epoch rows first, then the labelled test-selected (best test epoch) twins
+    assert [r["key"] for r in rows] == ["ntu-rgb_d", "smplx_42", "ensemble", "test_selected.ntu-rgb_d",
+                                        "test_selected.ensemble"]
     for key, row in by_key.items():
         fused = 0.6 * streams["joint"][key] + 0.4 * streams["motion"][key] + 0.6 * streams["bone"][key]
         assert row["fused_top1"] == pytest.approx(float((fused.argmax(1) == y).mean()))
@@ -48,6 +51,8 @@ def test_fusion_sums_weighted_stream_logits_and_logs_a_run(tmp_path, mlflow_serv
     run = client.get_run(run_id)
     assert run.data.tags["msclr.kind"] == "fusion" and run.data.params["weight.motion"] == "0.4"
     assert run.data.metrics["fused_top1.ensemble"] == pytest.approx(by_key["ensemble"]["fused_top1"])
+    assert run.data.metrics["fused_top1.test_selected.ensemble"] == pytest.approx(
+        by_key["test_selected.ensemble"]["fused_top1"])
     assert "fusion.csv" in {a.path for a in client.list_artifacts(run_id)}
 
 

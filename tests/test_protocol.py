@@ -139,6 +139,10 @@ def test_evaluate_encoder_rows_ensemble_and_test_selected():
         assert row["probe"] == "standard" and row["probe_lr"] in FAST.lr_grid
         assert not row["collapsed"] and 0.0 <= row["linear_top1"] <= 1.0
     assert set(report.test_logits) == {"random-init/ntu-rgb+d", "random-init/h36m_17", "random-init/ensemble"}
+    assert set(report.selected_logits) == set(report.test_logits)  # best-test-epoch logits, for --fuse
+    for row in report.rows:  # the selected logits are the ones that scored test_selected_top1
+        logits = report.selected_logits[f"random-init/{row['convention']}"]
+        assert E.topk_accuracy(torch.as_tensor(logits), torch.as_tensor(yte), 1) == pytest.approx(row["test_selected_top1"])
     assert report.protocol["choices_on"].startswith("20% of train")
 
 

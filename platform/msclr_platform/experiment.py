@@ -357,6 +357,8 @@ def evaluation_outputs(cfg: ExperimentConfig, report, label: str, eval_name: str
     cm = E.confusion_matrix(logits.argmax(1), report.test_labels, len(classes))
     plots.confusion(cm, classes, d / "confusion.png", f"{eval_name} ({which})")
     own = {metric_key(k.split("/", 1)[1]): v for k, v in report.test_logits.items() if k.startswith(f"{label}/")}
+    own.update({f"test_selected.{metric_key(k.split('/', 1)[1])}": v for k, v in report.selected_logits.items()
+                if k.startswith(f"{label}/")})  # best-test-epoch logits, labelled: --fuse fuses both kinds
     np.savez(d / "test_logits.npz", labels=report.test_labels, **own)  # what --fuse reads
     return {"params": {f"protocol.{k}": v for k, v in report.protocol.items()}, "metrics": metrics,
             "tags": tags, "files": ["results.csv", "confusion.png", "test_logits.npz"]}

@@ -3,6 +3,8 @@
 The paper's 3-stream numbers come from offline score fusion (as AimCLR and Shift-GCN's
 ensemble.py): one model pretrained and linearly evaluated per stream (joint, motion,
 bone), then the test logits are summed with weights 0.6 joint + 0.6 bone + 0.4 motion.
+Both the last-epoch logits (the honest result) and, under keys `test_selected.<key>`, the
+logits of each probe's best test epoch (test-set selection, what the paper fuses) are fused.
 Every evaluation run stores its test logits (`test_logits.npz`, per convention and for
 the ensemble, plus the labels), so fusion needs no recomputation: it reads those
 artifacts, checks they describe the same test clips, and logs a `fusion` run nested
@@ -54,7 +56,8 @@ def fuse(per_stream: dict[str, dict[str, np.ndarray]], weights: dict | None = No
     if not keys:
         raise DataError("the evaluations share no convention to fuse", field="conventions")
     rows = []
-    for key in sorted(keys, key=lambda k: (k == "ensemble", k)):
+    # last-epoch keys first, then their test-selected twins (labelled "test_selected.<key>")
+    for key in sorted(keys, key=lambda k: (k.startswith("test_selected."), k.endswith("ensemble"), k)):
         fused = E.fuse_streams({s: z[key] for s, z in per_stream.items()}, weights)
         row = {"key": key, "fused_top1": E.topk_accuracy(fused, first, 1), "fused_top5": E.topk_accuracy(fused, first, 5)}
         row.update({f"{s}_top1": E.topk_accuracy(z[key], first, 1) for s, z in per_stream.items()})
