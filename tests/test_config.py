@@ -6,6 +6,7 @@ import pytest
 
 from msclr_core.errors import ConfigError
 from msclr_platform.config import ExperimentConfig, flatten, load_config, parse_overrides
+from msclr_platform.yaml_files import read_layers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +113,8 @@ def test_paper_configs_use_the_official_protocol(path):
     assert (cfg.method.objective, cfg.method.pairing, cfg.optim.epochs, cfg.optim.lr_decay_epochs) == (
         "aimclr", "full_random", 300, [250])
     assert cfg.name == f"{path.parent.name}-{path.stem.replace('_', '-')}"  # names follow the files
-    assert f"--benchmark {path.parent.name}" in path.read_text()  # the data recipe matches the set
+    stating = [file for file, raw in read_layers(path.resolve()) if "path" in raw.get("data", {})][-1]
+    assert f"--benchmark {path.parent.name}" in stating.read_text()  # the data recipe matches the set
 
 
 def test_ntu120_configs_cover_both_protocols_and_three_streams():
@@ -123,6 +125,85 @@ def test_ntu120_configs_cover_both_protocols_and_three_streams():
         (p, s) for p in ("xsub120", "xset120") for s in ("joint", "motion", "bone"))
     assert {c.data.protocol for c in cfgs} == set(BENCHMARKS["ntu120"][2])  # the split code's protocol names
     assert all(c.data.path.endswith("data/ntu120") for c in cfgs)
+
+
+# ---------------------------------------------------------------- `base:` inheritance (issue 14)
+
+NTU60 = REPO / "experiments/ntu60"
+# each shipped config: its stated differences from ntu60/xsub_joint.yaml (the base)
+SHRUNK = {
+    f"{bench}/{proto}_{stream}.yaml": {"name": f"{bench}-{proto}-{stream}", "stream": stream, "data.protocol": proto,
+                                       "data.path": str((REPO / "data" / bench).resolve()),
+                                       "tracking.experiment": f"{bench}-msclr"}
+    for bench, protos in (("ntu60", ("xsub", "xview")), ("ntu120", ("xsub120", "xset120")))
+    for proto in protos for stream in ("joint", "bone", "motion")
+}
+
+
+@pytest.mark.parametrize("rel", sorted(SHRUNK))
+def test_shipped_configs_are_the_base_plus_their_differences(rel):
+    """Each shrunk YAML resolves to exactly the base with the keys it states changed."""
+    expected = flatten(load_config(NTU60 / "xsub_joint.yaml").to_dict()) | SHRUNK[rel]
+    assert flatten(load_config(REPO / "experiments" / rel).to_dict()) == expected
+    if rel != "ntu60/xsub_joint.yaml":
+        text = (REPO / "experiments" / rel).read_text()
+        assert "\nbase: " in text and len(text.splitlines()) <= 12  # inherits, states only what differs
+
+
+def test_base_merges_nested_keys_replaces_lists_and_chains(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    write(tmp_path / "a", "name: root\ndata: {path: ../ds, protocol: xview}\noptim: {lr: 0.5, lr_decay_epochs: [5, 8]}\n"
+          "conventions: [ntu-rgb+d, smplx_42]\n", "root.yaml")
+    write(tmp_path / "b", "base: ../a/root.yaml\noptim: {epochs: 9, lr_decay_epochs: [7]}\n", "mid.yaml")
+    leaf = write(tmp_path, "base: b/mid.yaml\nname: leaf\nconventions: [ntu-rgb+d]\ndata: {protocol: xsub}\n", "leaf.yaml")
+    cfg = load_config(leaf)
+    assert cfg.name == "leaf" and cfg.conventions == ["ntu-rgb+d"]  # scalars and lists replace
+    assert (cfg.optim.lr, cfg.optim.epochs, cfg.optim.lr_decay_epochs) == (0.5, 9, [7])  # mappings merge key by key
+    assert cfg.data.protocol == "xsub"
+    assert cfg.data.path == str((tmp_path / "ds").resolve())  # relative to the file that states it (a/)
+    assert "base" not in cfg.to_dict()
+
+
+def test_a_path_stated_in_the_child_is_relative_to_the_child(tmp_path):
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    write(tmp_path, "name: root\ndata: {path: ds}\nray: {storage_path: runs}\n", "root.yaml")
+    child = write(tmp_path / "deep" / "er", "base: ../../root.yaml\ndata: {path: mine}\n", "child.yaml")
+    cfg = load_config(child)
+    assert cfg.data.path == str(tmp_path / "deep" / "er" / "mine")
+    assert cfg.ray.storage_path == str(tmp_path / "runs")
+
+
+def test_a_cycle_of_bases_is_a_config_error_naming_the_files(tmp_path):
+    a = write(tmp_path, "base: b.yaml\nname: a\n", "a.yaml")
+    write(tmp_path, "base: a.yaml\nname: b\n", "b.yaml")
+    with pytest.raises(ConfigError, match=r"cycle") as err:
+        load_config(a)
+    assert "a.yaml" in str(err.value) and "b.yaml" in str(err.value)
+    with pytest.raises(ConfigError, match=r"self.yaml: key 'base'.*cycle"):
+        load_config(write(tmp_path, "base: self.yaml\n", "self.yaml"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("base: missing.yaml\n", r"exp.yaml: key 'base': 'missing.yaml' is not a file"),
+    ("base: [a.yaml]\n", r"exp.yaml: key 'base': expected the path of an experiment YAML"),
+    ("base: ''\n", r"exp.yaml: key 'base': expected the path"),
+])
+def test_a_bad_base_is_a_config_error_naming_file_and_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_an_error_in_a_base_names_the_chain(tmp_path):
+    write(tmp_path, "name: root\ndata: {path: ds}\noptim: {nope: 1}\n", "root.yaml")
+    child = write(tmp_path, "base: root.yaml\nname: c\n", "child.yaml")
+    with pytest.raises(ConfigError, match=r"child.yaml \(base: .*root.yaml\): unknown key 'optim.nope'"):
+        load_config(child)
+
+
+def test_set_overrides_apply_over_the_inherited_config():
+    cfg = load_config(NTU60 / "xview_bone.yaml", ["optim.lr=0.05", "data.protocol=xsub"])
+    assert (cfg.optim.lr, cfg.data.protocol, cfg.stream, cfg.optim.epochs) == (0.05, "xsub", "bone", 300)
 
 
 # ---------------------------------------------------------------- paths and hostile YAML (issue 7)

@@ -51,6 +51,10 @@ def test_pretrain_logs_run_and_resumes_by_name(tmp_path, tiny_dataset, mlflow_se
     run_id = out["pretrain_run_id"]
     run = client.get_run(run_id)
     assert run.data.params["optim.lr"] == "0.05" and run.data.params["method.queue_size"] == "128"
+    # machine facts are tags, not params (hyper-parameters only in the compare view)
+    assert not {"data.path", "tracking.tracking_uri", "ray.address", "ray.storage_path"} & set(run.data.params)
+    assert run.data.tags["msclr.data.path"] == str(tiny_dataset.resolve()) and "msclr.ray.address" not in run.data.tags
+    assert run.data.tags["msclr.tracking.tracking_uri"] == mlflow_server  # the server it used, given or not
     assert run.data.tags["conventions"] == "ntu-rgb+d,smplx_42" and run.data.tags["stream"] == "joint"
     assert "git.commit" in run.data.tags and "msclr.version" in run.data.tags
     assert run.data.tags["msclr.consistency"] == "ok"  # the conventions of the synthetic set agree
@@ -60,8 +64,14 @@ def test_pretrain_logs_run_and_resumes_by_name(tmp_path, tiny_dataset, mlflow_se
 
     eval_run = client.get_run(out["eval_run_id"])
     assert eval_run.data.tags["mlflow.parentRunId"] == run_id
-    assert 0.0 <= eval_run.data.metrics["linear_top1"] <= 1.0
+    assert "linear_top1" not in eval_run.data.metrics  # one name, one meaning: always per convention or ensemble
     assert "linear_top1.ensemble" in eval_run.data.metrics and "linear_top1.smplx_42" in eval_run.data.metrics
+    # the result is on the run you compare: the pretraining run carries its encoder's final accuracies
+    final = client.get_run(run_id).data.metrics
+    for key in ("linear_top1.ntu-rgb_d", "linear_top1.smplx_42", "linear_top1.ensemble", "knn_top1.ntu-rgb_d",
+                "knn_top1.smplx_42"):
+        assert final[key] == eval_run.data.metrics[key], key
+    assert not any(k.startswith(("raw.", "random_init.", "linear_top5")) for k in final)  # those stay on the eval run
     assert eval_run.data.params["protocol.reported_epoch"] == "last"
     # the references, on the same split and probe, under their own prefixes (default: raw, random-init)
     metrics = eval_run.data.metrics

@@ -53,6 +53,13 @@ def test_quickstart_json_runs_and_learning(tmp_path):
         assert client.get_run(runs["msclr_eval"]).data.tags["mlflow.parentRunId"] == runs["msclr"]
         assert "linear_top1.ensemble" in metrics and "supervised.linear_top1.ntu-rgb_d" in metrics
         assert "raw.linear_top1.smplx_42" in metrics and "random_init.knn_top1.ntu-rgb_d" in metrics
+        # The result is on the run you compare: each pretraining run carries its final accuracies.
+        for key, convs in (("msclr", ("ntu-rgb_d", "smplx_42", "ensemble")), ("baseline", ("ntu-rgb_d",))):
+            final = client.get_run(runs[key]).data.metrics
+            for conv in convs:
+                assert 0.0 <= final[f"linear_top1.{conv}"] <= 1.0, (key, sorted(final))
+            assert f"knn_top1.{convs[0]}" in final and "linear_top1" not in final, (key, sorted(final))
+        assert client.get_run(runs["msclr"]).data.metrics["linear_top1.ensemble"] == metrics["linear_top1.ensemble"]
     finally:
         info = Path(env["MSCLR_HOME"]) / "mlflow" / "server.json"
         if info.exists():

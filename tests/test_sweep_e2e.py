@@ -74,6 +74,8 @@ def test_smoke_sweep_asha_interrupt_resume(tmp_path, mlflow_server, msclr_home):
         steps = [m.step for m in client.get_metric_history(kid.info.run_id, "probe_knn_top1")]
         assert sorted(steps) == list(range(1, len(steps) + 1)), (kid.data.tags["msclr.run_name"], steps)
     assert any(k.data.tags.get("msclr.best_trial") == "true" for k in finished)
+    for kid in finished:  # the result is on the run compared: final accuracies beside the trial's params
+        assert any(key.startswith("linear_top1.") for key in kid.data.metrics), kid.data.metrics
     assert {"sweep_results.csv", "smoke.yaml"} <= {a.path for a in client.list_artifacts(parent)}
     # The deliberately tiny learning rate is what ASHA stops.
     lrs = {k.data.params["optim.lr"] for k in stopped}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # (command words, module under msclr_platform.commands, one-line help)
@@ -26,6 +27,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("bench", "linear-eval"), "bench_linear_eval", "linear probe on cached features vs re-encoding every epoch"),
     (("bench", "scaling"), "bench_scaling", "Ray Train samples/s with 1 and 2 CPU workers"),
     (("bench", "learning"), "bench_learning", "learning curves: MS-CLR vs one skeleton vs raw/random/supervised"),
+    (("config", "show"), "config_show", "print the resolved config (base files, --set applied): what would run and be logged"),
     (("data", "check"), "data_check", "validate a dataset directory"),
     (("data", "ntu"), "data_ntu", "build a dataset from raw NTU RGB+D .skeleton files"),
     (("data", "synth"), "data_synth", "write the synthetic multi-skeleton benchmark"),
@@ -46,6 +48,7 @@ def _available(commands):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msclr", description="Multi-Skeleton Contrastive Learning platform")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for words, module, help_ in _available(COMMANDS):
@@ -62,15 +65,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version() -> str:
+    """The installed package's version (its metadata), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("msclr")
+    except PackageNotFoundError:
+        from msclr_platform import __version__
+
+        return __version__
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (`msclr conventions | head -1`): exit quietly, as
+    other command-line tools do, with nothing more to flush into the closed pipe at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 ok, 1 failure (e.g. the tracking server stayed away), 2 usage or config
-    error, 130 SIGINT (Ctrl-C), 143 SIGTERM."""
+    error, 130 SIGINT (Ctrl-C), 141 stdout closed by its reader, 143 SIGTERM."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     from msclr_core.errors import MsclrError
 
     try:
-        return int(args._main(args) or 0)
+        code = int(args._main(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the flush at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except MsclrError as err:  # project errors already name file, sample and field
         print(f"msclr: error: {err}", file=sys.stderr)
         return getattr(err, "exit_code", 2)

@@ -8,8 +8,8 @@ Relative paths are made absolute here, in the driver, because Ray workers chdir
 elsewhere: paths written in a config file are relative to that file, paths given with
 `--set` to the current directory (where the user typed them), so neither can silently
 land somewhere else.
-Configs are untrusted input: YAML is only ever read with a yaml.SafeLoader (tags refused),
-taught the YAML 1.2 float rule so that `lr: 1e-4` is a number, as in every other tool.
+A file may inherit another with `base: OTHER.yaml` plus its own overrides (yaml_files.py,
+which also reads YAML safely: configs are untrusted input).
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from msclr_core.augment import AugmentConfig
 from msclr_core.data.safe_pickle import short_repr
 from msclr_core.errors import ConfigError
@@ -32,6 +30,8 @@ from msclr_core.pretrain import MethodSettings, ModelSettings, OptimSettings, Pr
 from msclr_core.protocol import EvalSettings, ProbeSettings
 
 from . import validate
+from .yaml_files import deep_merge, read_layers, read_yaml  # noqa: F401 - read_yaml: re-exported
+from .yaml_files import safe_yaml as _safe_yaml
 
 PATH_KEYS = ("data.path", "ray.storage_path", "tracking.tracking_uri")  # made absolute by _resolve_path
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # scheme://... (s3://, gs://, http://): not a local path
@@ -241,39 +241,6 @@ def _coerce(tp, value, key: str, source: str, set_keys=frozenset()):
 # ---------------------------------------------------------------- YAML + overrides
 
 
-class SafeLoader(yaml.SafeLoader):
-    """yaml.SafeLoader (no tags: configs are untrusted input) with YAML 1.2's float rule.
-
-    PyYAML follows YAML 1.1, whose floats need a dot and a signed exponent: `1e-4` and
-    `1.5e3` were strings there ("expected float, got str"). The 1.1 rules stay first (ints
-    stay ints); this one only adds the exponent forms. The resolver lists are copied so
-    that yaml.SafeLoader itself is left unchanged."""
-
-    yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-
-
-SafeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
-
-
-def _safe_yaml(text: str, where: str):
-    """YAML through SafeLoader (configs are untrusted input); every failure a ConfigError naming the line."""
-    try:
-        return yaml.load(text, Loader=SafeLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as err:  # str(err) already says "line N, column M"
-        raise ConfigError(f"{where}: invalid YAML: {err}") from None
-    except yaml.YAMLError as err:  # ReaderError (a control character) only knows its position
-        line = text.count("\n", 0, getattr(err, "position", 0)) + 1
-        raise ConfigError(f"{where}: invalid YAML at line {line}: {err}") from None
-    except RecursionError:
-        raise ConfigError(f"{where}: top level: invalid YAML: nested deeper than the parser allows") from None
-    except ValueError as err:  # an integer beyond Python's 4300-digit limit: locate it
-        m = re.search(r"\d{4000,}", text)
-        line = text.count("\n", 0, m.start()) + 1 if m else 1
-        raise ConfigError(f"{where}: invalid YAML at line {line}: {short_repr(str(err))}") from None
-
-
 def parse_overrides(pairs: list[str] | None, base: Path | None = None) -> dict:
     """['optim.lr=0.05', 'conventions=[ntu-rgb+d]'] -> nested dict (values parsed as YAML).
 
@@ -297,41 +264,28 @@ def parse_overrides(pairs: list[str] | None, base: Path | None = None) -> dict:
     return absolutize_paths(out, Path.cwd() if base is None else base, "--set")
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for k, v in override.items():
-        merged[k] = deep_merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
-    return merged
-
-
-def read_yaml(path: str | os.PathLike) -> dict:
-    """A YAML mapping from `path` (an empty file gives {}); ConfigError naming the file otherwise."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read config ({err.strerror or err})") from None
-    except UnicodeDecodeError as err:
-        line = err.object.count(b"\n", 0, err.start) + 1
-        raise ConfigError(f"{path}: not UTF-8 text at line {line}: {err.reason}") from None
-    data = _safe_yaml(text, str(path))
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level: expected a mapping of keys, got {type(data).__name__}")
-    return data
-
-
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
     try:
         path = Path(path).resolve()
     except (OSError, ValueError, RuntimeError) as err:  # NUL byte, symlink loop
         raise ConfigError(f"{short_repr(str(path))}: not a usable config path ({err})") from None
-    raw = absolutize_paths(read_yaml(path), path.parent, str(path))
+    raw, source = resolved_raw(path)
     override = parse_overrides(overrides)
     set_keys = frozenset(flatten(override))  # their errors name --set, not the file
-    cfg = from_dict(ExperimentConfig, deep_merge(raw, override), source=str(path), set_keys=set_keys)
-    return resolve_paths(cfg, path.parent, source=str(path))
+    cfg = from_dict(ExperimentConfig, deep_merge(raw, override), source=source, set_keys=set_keys)
+    return resolve_paths(cfg, path.parent, source=source)
+
+
+def resolved_raw(path: Path) -> tuple[dict, str]:
+    """The raw settings of config file `path` (resolved) with its chain of `base:` files
+    merged in, each file's paths made absolute against that file's directory; and the
+    source to name in errors: the file, followed by its bases."""
+    raw: dict = {}
+    layers = read_layers(path)
+    for file, data in layers:
+        raw = deep_merge(raw, absolutize_paths(data, file.parent, str(file)))
+    bases = [str(file) for file, _ in layers[-2::-1]]
+    return raw, str(path) + (f" (base: {' <- '.join(bases)})" if bases else "")
 
 
 def _resolve_path(key: str, value: str, base: Path, source: str) -> str:

@@ -36,7 +36,10 @@ from .offline import (
     TrackingUnavailable, fallback_dir, refuse_if_pending, save_evaluation, save_pretrain, sync_command, tracking_client,
     upload_evaluation, upload_pretrain,
 )  # fmt: skip
-from .tracking import check_reachable, ensure_tracking_uri, find_runs_by_name, get_or_create_run, git_commit, log_params
+from .tracking import (
+    check_reachable, ensure_tracking_uri, find_runs_by_name, get_or_create_run, git_commit,
+    log_config_params,
+)  # fmt: skip
 
 
 @dataclass
@@ -106,7 +109,7 @@ def _run_pretrain(cfg: ExperimentConfig, guard, *, parent_run_id, quiet, on_chan
             client.set_tag(run_id, DRIVER_TAG, driver_identity())
         if not quiet:
             print(f"MLflow run {run_id} ({'resumed' if resumed else 'new'}) at {uri}", flush=True)
-        log_params(client, run_id, flatten(cfg.to_dict()))
+        log_config_params(client, run_id, {**flatten(cfg.to_dict()), "tracking.tracking_uri": uri})  # the one used
         if not plan.stored:
             log_dataset(client, run_id, cfg, ds)
             client.set_tag(run_id, "msclr.consistency", consistency_status(cfg, ds))
@@ -297,11 +300,11 @@ def run_evaluation(cfg: ExperimentConfig, state: dict | None, *, parent_run_id: 
     """Evaluate an encoder state (None = random init) with the references the config asks for
     (or `references`), in an MLflow run nested under parent_run_id.
 
-    Metrics: `<key>.<convention>` for the evaluated encoder (linear_top1, linear_top5, knn_top1,
-    test_selected_top1, ...), `<reference>.<key>.<convention>` for each reference (raw,
-    random_init, supervised). A collapsed probe is tagged (`msclr.collapsed`) and warned about.
-    `offline`: the tracking server is gone; the results go into that fallback directory
-    (offline.py) instead, and (None, report) is returned."""
+    Metrics: `<key>.<convention>` for the evaluated encoder (linear_top1, linear_top5, knn_top1, test_selected_top1,
+    ...), `<reference>.<key>.<convention>` for each reference (raw, random_init, supervised); the encoder's final
+    ones on parent_run_id too (copy_final_metrics). A collapsed probe is tagged (`msclr.collapsed`) and warned
+    about. `offline`: the tracking server is gone; the results go into that fallback directory (offline.py)
+    instead, and (None, report) is returned."""
     from .evaluate import evaluate_run
     from .train import run_directory
 
@@ -322,7 +325,7 @@ def run_evaluation(cfg: ExperimentConfig, state: dict | None, *, parent_run_id: 
             report = evaluate_run(cfg, state, label=label, references=references)
             record = _with({**record, "run_id": run_id}, evaluation_outputs(cfg, report, label, eval_name, Path(d)))
             try:
-                upload_evaluation(client, record, Path(d))
+                upload_evaluation(client, record, Path(d))  # also copies the final accuracies to the parent
             except TrackingUnavailable as err:
                 fallback = fallback_dir(run_directory(cfg), cfg.name)
                 save_evaluation(fallback, run_meta(cfg), record, Path(d))
@@ -336,7 +339,7 @@ def run_evaluation(cfg: ExperimentConfig, state: dict | None, *, parent_run_id: 
 def evaluation_outputs(cfg: ExperimentConfig, report, label: str, eval_name: str, d: Path) -> dict:
     """An evaluation's params, metrics ([key, value, step]), tags and files (written into d)."""
     from .data import dataset_for
-    from .evaluate import collapsed_rows, primary_logits, primary_top1, results_table
+    from .evaluate import collapsed_rows, primary_logits, results_table
 
     metrics = []
     for row in report.rows:
@@ -344,7 +347,6 @@ def evaluation_outputs(cfg: ExperimentConfig, report, label: str, eval_name: str
         conv = metric_key(row["convention"])
         metrics += [[f"{prefix}{k}.{conv}", float(v), 0] for k, v in row.items()
                     if isinstance(v, (int, float)) and v == v and k not in ("best_val_epoch",)]
-    metrics.append(["linear_top1", float(primary_top1(report, label)), 0])
     tags = {}
     bad = collapsed_rows(report)
     if bad:

@@ -155,7 +155,7 @@ def upload_evaluation(client, record: dict, files_dir: Path) -> str:
     tags, params, metrics [[key, value, step]], files): created if needed, then FINISHED."""
     from mlflow.entities import Metric
 
-    from .tracking import get_or_create_run, log_params
+    from .tracking import copy_final_metrics, get_or_create_run, log_params
 
     run_id = record.get("run_id") or get_or_create_run(
         client, record["experiment"], record["name"], parent_run_id=record.get("parent_run_id"), tags=record["tags"])[0]
@@ -168,6 +168,8 @@ def upload_evaluation(client, record: dict, files_dir: Path) -> str:
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
     for name in record["files"]:
         client.log_artifact(run_id, str(files_dir / name))
+    if record.get("parent_run_id"):  # the run that was evaluated: its final accuracies beside its params
+        copy_final_metrics(client, record["parent_run_id"], record["metrics"])
     client.set_terminated(run_id, "FINISHED")
     return run_id
 

@@ -39,12 +39,27 @@ def pretrain_run_id(cfg: ExperimentConfig) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def compare_runs(experiment: str = "msclr", tracking_uri: str | None = None):
-    """One row per run: name, kind, parent, status, conventions, stream and key metrics."""
+def list_experiments(tracking_uri: str | None = None) -> list[dict]:
+    """The server's experiments: [{"name", "experiment_id"}], by name."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(ensure_tracking_uri(tracking_uri, quiet=True))
+    found = [{"name": e.name, "experiment_id": e.experiment_id} for e in client.search_experiments()]
+    return sorted(found, key=lambda e: e["name"])
+
+
+def compare_runs(experiment: str, tracking_uri: str | None = None):
+    """One row per run (indexed by run id): name, kind, parent, status, conventions, stream
+    and key metrics. ConfigError when the server has no experiment of that name."""
     import mlflow
     import pandas as pd
+    from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(ensure_tracking_uri(tracking_uri, quiet=True))
+    uri = ensure_tracking_uri(tracking_uri, quiet=True)
+    if MlflowClient(uri).get_experiment_by_name(experiment) is None:
+        known = ", ".join(e["name"] for e in list_experiments(uri)) or "none"
+        raise ConfigError(f"no MLflow experiment {experiment!r} at {uri} (experiments there: {known})")
+    mlflow.set_tracking_uri(uri)
     df = mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
     if df.empty:
         return pd.DataFrame()
@@ -55,5 +70,5 @@ def compare_runs(experiment: str = "msclr", tracking_uri: str | None = None):
     metric_cols = [c for c in df.columns if c.startswith("metrics.") and c.split(".", 1)[1].split(".")[0] in KEY_METRICS]
     out = df[[c for c in cols if c in df.columns] + metric_cols].rename(columns=cols)
     out.columns = [c.removeprefix("metrics.") for c in out.columns]
-    out.index = df["run_id"].str[:8]
+    out.index = pd.Index(df["run_id"], name="run_id")
     return out.round(4)

@@ -195,7 +195,8 @@ def scheduler(spec: SweepSpec, epochs: int):
 
 
 def _trial(params: dict, sweep: Sweep, parent_id: str, uri: str) -> None:
-    """One Tune trial: fit a Ray Train run named after the trial, then evaluate it."""
+    """One Tune trial: fit a Ray Train run named after the trial, then evaluate it (its run gets the
+    final `linear_top1.<convention>`, `knn_top1.<convention>` metrics from the evaluation)."""
     from mlflow.tracking import MlflowClient
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -204,7 +205,7 @@ def _trial(params: dict, sweep: Sweep, parent_id: str, uri: str) -> None:
     from .evaluate import primary_top1
     from .experiment import run_evaluation
     from .runs import final_state
-    from .tracking import get_or_create_run, log_params
+    from .tracking import get_or_create_run, log_config_params
     from .train import make_trainer
 
     trial_id = tune.get_context().get_trial_id()
@@ -213,7 +214,7 @@ def _trial(params: dict, sweep: Sweep, parent_id: str, uri: str) -> None:
     client = MlflowClient(uri)
     tags = {"msclr.kind": "trial", "trial_id": trial_id, "conventions": ",".join(cfg.conventions), "stream": cfg.stream}
     run_id, _ = get_or_create_run(client, cfg.tracking.experiment, cfg.name, parent_run_id=parent_id, tags=tags)
-    log_params(client, run_id, flatten(cfg.to_dict()))
+    log_config_params(client, run_id, flatten(cfg.to_dict()))
     loop_config = {"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri}
     result = make_trainer(cfg, loop_config, callbacks=[TuneReportCallback()]).fit()
     if result.error:

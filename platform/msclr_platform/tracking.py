@@ -125,6 +125,35 @@ def log_params(client, run_id: str, params: dict) -> None:
         client.log_batch(run_id, params=todo[i : i + 100])
 
 
+# Config keys that describe the machine a run ran on, not the experiment: tags `msclr.<key>`.
+MACHINE_KEYS = ("tracking.tracking_uri", "data.path", "ray.address", "ray.storage_path")
+# The evaluated encoder's final accuracies (`<key>.<convention>`, `<key>.ensemble`): its
+# pretraining run shows them too, so the runs table compares parameters with results.
+FINAL_METRICS = ("linear_top1", "knn_top1")
+
+
+def log_config_params(client, run_id: str, flat: dict) -> None:
+    """A flattened config: the hyper-parameters as params, the machine facts (MACHINE_KEYS)
+    as tags `msclr.<key>` (a tag may change: a run resumed on another machine says so)."""
+    from mlflow.entities import RunTag
+
+    log_params(client, run_id, {k: v for k, v in flat.items() if k not in MACHINE_KEYS})
+    tags = [RunTag(f"msclr.{k}", str(flat[k])) for k in MACHINE_KEYS if flat.get(k) is not None]
+    if tags:
+        client.log_batch(run_id, tags=tags)
+
+
+def copy_final_metrics(client, run_id: str, metrics: list) -> None:
+    """Log the FINAL_METRICS among an evaluation's metrics ([key, value, step], the evaluated
+    encoder's unprefixed ones) on run_id, the run that was evaluated."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    final = [Metric(k, float(v), now, int(step)) for k, v, step in metrics if k.split(".", 1)[0] in FINAL_METRICS]
+    if final:
+        client.log_batch(run_id, metrics=final)
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(
