@@ -68,7 +68,9 @@ def test_smoke_sweep_asha_interrupt_resume(tmp_path, mlflow_server, msclr_home):
     assert len(names) == 4 and len(set(names)) == 4, names  # one child per trial, no duplicates
     stopped = [k for k in kids if "msclr.stopped_early" in k.data.tags]
     finished = [k for k in kids if k.info.status == "FINISHED"]
-    assert stopped and all(k.info.status == "KILLED" for k in stopped)
+    # Which trials ASHA stops depends on the order they reach a rung (a trial that arrives first is
+    # never compared), so a stop is not guaranteed here; a stopped trial must be KILLED and tagged.
+    assert all(k.info.status == "KILLED" for k in stopped)
     assert len(stopped) + len(finished) == 4  # every trial ended
     for kid in kids:  # per-epoch probe metric, each epoch once, from 1 without gaps
         steps = [m.step for m in client.get_metric_history(kid.info.run_id, "probe_knn_top1")]
@@ -77,6 +79,8 @@ def test_smoke_sweep_asha_interrupt_resume(tmp_path, mlflow_server, msclr_home):
     for kid in finished:  # the result is on the run compared: final accuracies beside the trial's params
         assert any(key.startswith("linear_top1.") for key in kid.data.metrics), kid.data.metrics
     assert {"sweep_results.csv", "smoke.yaml"} <= {a.path for a in client.list_artifacts(parent)}
-    # The deliberately tiny learning rate is what ASHA stops.
-    lrs = {k.data.params["optim.lr"] for k in stopped}
-    assert "0.0001" in lrs, lrs
+    knn = {k.info.run_id: {m.step: m.value for m in client.get_metric_history(k.info.run_id, "probe_knn_top1")}
+           for k in kids}
+    for k in stopped:  # ASHA stops only a trial below another one at the same rung
+        last = max(knn[k.info.run_id])
+        assert any(h.get(last, -1) > knn[k.info.run_id][last] for rid, h in knn.items() if rid != k.info.run_id)
