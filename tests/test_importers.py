@@ -264,3 +264,14 @@ def test_pyskl_split_members_must_be_names(tmp_path):
     (tmp_path / "in.pkl").write_bytes(pickle.dumps({"split": {"xsub_train": [["clip0"]]}, "annotations": anns}))
     with pytest.raises(DataError, match="split.xsub_train"):
         import_pyskl(tmp_path / "in.pkl", tmp_path / "ds")
+
+
+def test_pyskl_empty_split_part_is_refused(tmp_path):
+    # found by the fuzzer: an empty part imported, then `msclr data check` called the dataset broken
+    anns = _pyskl_pickle(tmp_path / "in.pkl")
+    split = {"xsub_train": [], "xsub_val": [a["frame_dir"] for a in anns]}
+    (tmp_path / "in.pkl").write_bytes(pickle.dumps({"split": split, "annotations": anns}))
+    with pytest.raises(DataError, match="split.xsub_train") as err:
+        import_pyskl(tmp_path / "in.pkl", tmp_path / "ds")
+    assert "empty" in str(err.value) and "in.pkl" in str(err.value)
+    assert not (tmp_path / "ds").exists()

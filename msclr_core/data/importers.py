@@ -208,6 +208,8 @@ def _split_parts(split: dict, index: dict[str, int], path: Path) -> dict[str, di
         proto = proto or "default"
         if not isinstance(members, (list, tuple)) or not all(isinstance(m, str) for m in members):
             raise DataError("split members must be a list of frame_dir names", path=path, field=f"split.{key}")
+        if not members:  # an empty part cannot be trained or evaluated on; `msclr data check` would refuse it
+            raise DataError("empty list (a split part needs at least one frame_dir)", path=path, field=f"split.{key}")
         unknown = [m for m in members if m not in index]
         if unknown:
             raise DataError(f"{len(unknown)} name(s) not among the annotations, e.g. {short_repr(unknown[0])}",
