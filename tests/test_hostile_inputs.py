@@ -43,7 +43,8 @@ NAMES = ["S001C001P001R001A001", "S001C002P002R001A002", "S002C001P003R001A003",
 
 def fuzz(n):
     # no example database: nothing is written into the checkout; deadline off (CPU shared)
-    return settings(max_examples=n, deadline=None, database=None,
+    # MSCLR_FUZZ_SCALE=20 for a deep run before a release; CI runs the default scale (random draws each run)
+    return settings(max_examples=n * int(os.environ.get("MSCLR_FUZZ_SCALE", "1")), deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
