@@ -94,6 +94,11 @@ class RayConfig:
     checkpoint_every: int = 1
     num_to_keep: int = 2
     storage_path: str | None = None  # shared storage for multi-node; default <home>/ray
+    # Where the workers go: PACK fills a node first, SPREAD / STRICT_SPREAD put them on different nodes.
+    placement_strategy: str = "PACK"
+    # 0: the resources must be in the cluster now (a fixed cluster fails at once, naming them).
+    # > 0: ask the autoscaler for them and wait this long (on by default when the cluster autoscales).
+    wait_for_resources_s: float = 0.0
 
 
 @dataclass

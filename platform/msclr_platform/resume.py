@@ -37,7 +37,7 @@ NEUTRAL_KEYS = frozenset({
     "tracking.experiment", "tracking.tracking_uri", "tracking.system_metrics", "tracking.embedding_plot",
     "tracking.retry_budget_s",
     "ray.address", "ray.max_failures", "ray.controller_failure_limit", "ray.worker_start_timeout_s",
-    "ray.checkpoint_every", "ray.num_to_keep", "ray.storage_path",
+    "ray.checkpoint_every", "ray.num_to_keep", "ray.storage_path", "ray.placement_strategy", "ray.wait_for_resources_s",
     "eval.enabled",
 })  # fmt: skip
 VERSION_TAG = "msclr.config_version"

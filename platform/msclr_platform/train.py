@@ -359,7 +359,8 @@ def make_trainer(cfg: ExperimentConfig, loop_config: dict, callbacks=None):
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources
+            num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources,
+            placement_strategy=cfg.ray.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=cfg.name,

@@ -235,7 +235,9 @@ def register_platform(experiment, data, evaluation, ray, tracking, references) -
              cpus_per_worker=number(0, 1024, lo_open=True), gpus_per_worker=number(0, 64, lo_open=True),
              max_failures=count(-1, 100_000),  # -1: Ray retries forever
              controller_failure_limit=count(0, 100_000), worker_start_timeout_s=number(0, 86_400, lo_open=True),
-             checkpoint_every=EPOCHS, num_to_keep=count(1, 100_000), storage_path=optional(text()))
+             checkpoint_every=EPOCHS, num_to_keep=count(1, 100_000), storage_path=optional(text()),
+             placement_strategy=one_of("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+             wait_for_resources_s=number(0, 7 * 86_400))
     register(tracking, experiment=text(max_len=500), tracking_uri=optional(text()), system_metrics=ANY,
              embedding_plot=ANY, retry_budget_s=number(0, 7 * 86_400))  # seconds of MLflow outage waited out
     register(experiment,
