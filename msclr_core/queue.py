@@ -49,8 +49,6 @@ def check_queue_size(size: int, global_batch: int, world_size: int | None = None
 class MoCoQueue:
     """`queue`: Tensor[dim, size] of L2-normalised keys (columns); `ptr`: next column to write."""
 
-    check_queue_size = staticmethod(check_queue_size)
-
     def __init__(self, dim: int, size: int, generator: torch.Generator | None = None, device=None):
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise ConfigError(f"feature_dim must be a positive integer, got {dim!r}")

@@ -5,6 +5,7 @@ import pytest
 
 from msclr_core.errors import ConfigError, DataError
 from msclr_platform.config import ExperimentConfig, from_dict
+from msclr_platform.tracking import eval_run_name
 
 
 def config(name, stream):
@@ -16,7 +17,7 @@ def config(name, stream):
 def store_eval(client, tmp_path, cfg, labels, logits):
     from msclr_platform.tracking import get_or_create_run
 
-    run_id, _ = get_or_create_run(client, cfg.tracking.experiment, f"{cfg.name}/eval")
+    run_id, _ = get_or_create_run(client, cfg.tracking.experiment, eval_run_name(cfg.name))
     path = tmp_path / f"{cfg.name}" / "test_logits.npz"
     path.parent.mkdir()
     np.savez(path, labels=labels, **logits)
@@ -67,7 +68,7 @@ def test_fusion_refuses_mismatched_or_missing_evaluations(tmp_path, mlflow_serve
     store_eval(client, tmp_path, b, np.arange(10) % 2, {"ensemble": np.zeros((10, 3), np.float32)})
     with pytest.raises(DataError, match="different test clips"):
         run_fusion([a, b])
-    with pytest.raises(ConfigError, match="mm-motion/eval"):
+    with pytest.raises(ConfigError, match="eval · mm-motion"):
         run_fusion([a, config("mm-motion", "motion")])
     with pytest.raises(ConfigError, match="one config per stream"):
         run_fusion([a, config("other-joint", "joint")])

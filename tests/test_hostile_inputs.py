@@ -62,6 +62,7 @@ def assert_names_file_and_field(err: MsclrError, files, *, keys=()) -> None:
         rest = msg
         for f in files:
             rest = rest.replace(str(f), "")
+        rest = re.sub(r"\[\d+\]", "", rest)  # 'conventions[0]' names the key 'conventions'
         named = [k for k in keys if repr(k) in rest or f"'{k}'" in rest or f" {k}:" in rest]
         assert named or "top level" in rest or "line" in rest, f"no key named in: {msg}"
 
@@ -734,6 +735,8 @@ hostile_dists = st.one_of(
     one(["grid", "choice"], st.lists(candidates, max_size=3)),
     one(["uniform", "loguniform"], st.one_of(st.lists(st.floats(0.01, 1), min_size=2, max_size=2), json_values)),
     one(["randint"], st.lists(st.integers(1, 40), min_size=2, max_size=2)),
+    one(["grid_search", "quniform", "qloguniform", "lograndint", "qrandint", "qlograndint", "randn", "qrandn"],
+        st.one_of(st.lists(st.sampled_from([-1, 0, 1, 2, 8, 64, 0.05, 0.1, 0.5]), max_size=4), json_values)),
     st.dictionaries(st.sampled_from(["normal", "grid"]), json_values, max_size=2), json_values)
 plausible_sweeps = st.fixed_dictionaries(
     {"name": st.just("s"), "base": st.just("base.yaml"),
@@ -747,6 +750,7 @@ plausible_sweeps = st.fixed_dictionaries(
 @fuzz(30)
 @given(data=st.data())
 def test_hostile_sweep_yamls(sweep_base, data):
+    from msclr_platform.search_space import param_space
     from msclr_platform.sweep import load_sweep
 
     count_hostile("sweep yaml")
@@ -772,6 +776,7 @@ def test_hostile_sweep_yamls(sweep_base, data):
                                     keys=set(dotted_keys(spec)) | set(spec["search"]) | {"search", "mode", "base"})
     else:
         event("loaded")
+        param_space(sweep.spec)  # what loads, Tune takes (its own checks raise ValueError)
         assert sweep.base["data"]["path"] == str((sweep_base / "ds").resolve()) and sweep.spec.mode in ("max", "min")
     finally:
         path.unlink()

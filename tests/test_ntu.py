@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from msclr_core.data import ntu, skeleton_scan
+from msclr_core.data import ntu, ntu_reader, skeleton_scan
 from msclr_core.data.dataset import check_dataset, load_dataset
 from msclr_core.data.ntu import SkeletonFormatError, build_ntu_dataset, parse_sample_name, read_skeleton
 from msclr_core.data.preprocess import align_y_rotation, preprocess_clip, resize_frames, valid_length
@@ -58,8 +58,8 @@ def test_read_round_trips_exactly(tmp_path, fmt, newline):
     for (f, body), xyz in truth.items():
         np.testing.assert_array_equal(sk.xyz[f, sk.body_ids.index(body)], xyz.astype(np.float32))
     # the strict fallback parser agrees bit for bit
-    strict = ntu._read_strict(str(p), p.read_bytes())
-    fast = ntu._read_fast(p.read_bytes())
+    strict = ntu_reader._read_strict(str(p), p.read_bytes())
+    fast = ntu_reader._read_fast(p.read_bytes())
     assert fast.frame_of.tolist() == strict.frame_of.tolist() and fast.ids.tolist() == strict.ids.tolist()
     assert fast.n_frames == strict.n_frames == 12
     np.testing.assert_array_equal(fast.xyz, strict.xyz)
@@ -396,7 +396,7 @@ def test_c_scanner_reads_like_numpy_and_strict_paths(fmt, newline, bodies):
                                 newline=newline)
     data = text.encode()
     c = ntu.RawSkeleton(*skeleton_scan.scan(data))
-    for other in (ntu._read_fast(data), ntu._read_strict("x", data)):
+    for other in (ntu_reader._read_fast(data), ntu_reader._read_strict("x", data)):
         assert c.n_frames == other.n_frames == 9
         assert c.ids.tolist() == other.ids.tolist() and c.frame_of.tolist() == other.frame_of.tolist()
         assert np.array_equal(c.xyz.view(np.int64), other.xyz.view(np.int64))  # bit for bit, -0.0 included

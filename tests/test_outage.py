@@ -24,7 +24,7 @@ from run_helpers import (
 )  # fmt: skip
 
 from msclr_platform.offline import FALLBACK_DIR, TrackingUnavailable, tracking_client
-from msclr_platform.tracking import MetricLogger
+from msclr_platform.tracking import MetricLogger, eval_run_name
 from msclr_platform.train import load_state, run_directory
 
 BUDGET_S = 10
@@ -122,7 +122,7 @@ def test_mlflow_killed_mid_run_bounded_exit_fallback_then_runs_sync(tmp_path, ti
             assert run.info.status == "FINISHED"
             assert {"config.yaml", "encoder_q.pt", "training_curves.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
             assert_history_shows(client, run, history)
-            evaluation = the_run(client, cfg, f"{cfg.name}/eval")
+            evaluation = the_run(client, cfg, eval_run_name(cfg.name))
             assert evaluation.info.status == "FINISHED" and evaluation.data.tags["mlflow.parentRunId"] == run.info.run_id
             assert 0 <= evaluation.data.metrics["linear_top1.ntu-rgb_d"] <= 1
             assert {"results.csv", "test_logits.npz"} <= {a.path for a in client.list_artifacts(evaluation.info.run_id)}

@@ -80,9 +80,9 @@ def test_bad_sizes_raise_config_error_naming_the_field():
     with pytest.raises(ConfigError, match=r"queue_size=100.*128 = 32 per worker x world size 4"):
         check_queue_size(100, 128, world_size=4)
     with pytest.raises(ConfigError, match="queue_size"):
-        MoCoQueue.check_queue_size(64, 128)  # batch larger than the queue
+        check_queue_size(64, 128)  # batch larger than the queue
     check_queue_size(32768, 128)
-    MoCoQueue.check_queue_size(256, 64, world_size=2)
+    check_queue_size(256, 64, world_size=2)
     with pytest.raises(ConfigError, match="queue_size"):
         MoCoQueue(4, 0)
     with pytest.raises(ConfigError, match="feature_dim"):

@@ -24,8 +24,10 @@ def test_quickstart_json_runs_and_learning(tmp_path):
     )  # fmt: skip
     try:
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-        out = json.loads(res.stdout.strip().splitlines()[-1])
-        print(res.stdout[-2500:])
+        lines = res.stdout.splitlines()  # --json: stdout is the one JSON line, the tables go to stderr
+        assert len(lines) == 1, res.stdout[-3000:]
+        out = json.loads(lines[0])
+        print(res.stderr[-2500:])
         assert out["mlflow_uri"].startswith("http://127.0.0.1:")
         assert set(out) >= {"mlflow_uri", "experiment", "runs", "top1", "rows", "wall_s"}
         top1, rows = out["top1"], out["rows"]

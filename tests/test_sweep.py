@@ -46,7 +46,7 @@ def test_sweep_validation_names_file_and_key(tmp_path, sweep_dataset, msclr_home
     with pytest.raises(ConfigError, match="search.optim.lr"):
         load_sweep(bad, data)
     bad = write_sweep(tmp_path, "  optim.lr: {loguniform: [0.01, 0.1]}", "search_alg: nevergrad\n")
-    from msclr_platform.sweep import searcher
+    from msclr_platform.search_space import searcher
 
     with pytest.raises(ConfigError, match="nevergrad"):
         searcher(load_sweep(bad, data).spec)

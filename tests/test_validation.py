@@ -273,10 +273,13 @@ def test_best_trial_follows_metric_and_mode():
 
 @pytest.mark.faults
 @pytest.mark.parametrize("mode, best", [("min", "t2"), ("max", "t3")])
-def test_sweep_logs_the_best_trial_of_its_mode(mlflow_server, mode, best):
+def test_sweep_logs_the_best_trial_of_its_mode(mlflow_server, mode, best, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from msclr_platform.sweep import SchedulerSpec, _log_sweep_results
+    from msclr_platform.config import ExperimentConfig, RayConfig
+
+    from msclr_platform.search_space import SchedulerSpec
+    from msclr_platform.sweep import _log_sweep_results
     from msclr_platform.tracking import get_or_create_run
 
     client = MlflowClient(mlflow_server)
@@ -286,7 +289,8 @@ def test_sweep_logs_the_best_trial_of_its_mode(mlflow_server, mode, best):
     children = {t: get_or_create_run(client, "sweep-modes", f"{spec.name}-{t}", parent_run_id=parent)[0]
                 for t in sweep_table()["trial_id"]}
     with fault_case(f"mode: {mode} in a sweep: the best trial is the {'lowest' if mode == 'min' else 'highest'} loss"):
-        assert _log_sweep_results(client, parent, spec, sweep_table()) == best
+        base = ExperimentConfig(ray=RayConfig(storage_path=str(tmp_path)))  # no trial checkpoints to sync
+        assert _log_sweep_results(client, parent, spec, sweep_table(), base) == best
         assert client.get_run(parent).data.tags["best_trial"] == best
         tagged = [t for t, run_id in children.items() if client.get_run(run_id).data.tags.get("msclr.best_trial")]
         assert tagged == [best]

@@ -5,8 +5,9 @@ The readers return a `MocapClip` of world joint positions in metres (the file's 
 and most BVH files are Y up); see bvh.py and asf_amc.py for their rotation conventions and
 kinematics.py for what they share. joint_maps.py turns one clip into several conventions of
 the same motion. This module keeps the public names in one place and holds
-`import_real_mocap_npz`, which turns the prepared real-mocap files (../shared/data/real-mocap)
-into a multi-convention dataset.
+`import_real_mocap_npz`, which turns a prepared real-mocap .npz (world joint positions of
+CMU / Bandai clips with labels and subject or style ids; keys in _NPZ_KEYS) into a
+multi-convention dataset.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def normalize_clip(x: np.ndarray, conv, T: int = 50) -> np.ndarray:
 def import_real_mocap_npz(npz_path, out_dir, conventions=("ntu-rgb+d", "h36m_17"), *, T: int = 50,
                           normalize: str = "ntu", persons: int = 2, test_styles_from: int = 10, offset_scale: float = 0.0,
                           noise: float = 0.0, seed: int = 0, name: str | None = None, overwrite: bool = False):
-    """One prepared real-mocap file (see ../shared/data/real-mocap/README.md) -> a dataset with
+    """One prepared real-mocap .npz (the keys in _NPZ_KEYS) -> a dataset with
     one array per convention, all derived from the same motion. Positions stay in metres.
 
     normalize="ntu" (default): the official per-frame frame-50 pipeline (preprocess_clip:

@@ -36,8 +36,7 @@ import numpy as np
 from msclr_core.errors import DataError
 from msclr_core.io_utils import read_regular_bytes
 
-from .ntu_reader import (NUM_JOINTS, RawSkeleton, SkeletonFormatError, _read_fast, _read_strict,  # noqa: F401
-                         parse_skeleton)
+from .ntu_reader import NUM_JOINTS, RawSkeleton, SkeletonFormatError, parse_skeleton  # noqa: F401 - public names
 from .preprocess import STEPS, preprocess_clip
 
 CONVENTION = "ntu-rgb+d"

@@ -46,9 +46,27 @@ def _available(commands):
                 raise
 
 
+EPILOG = """\
+output: quiet by default (msclr's lines, one line per epoch, results); -v/--verbose (before or
+after the command, or MSCLR_VERBOSE=1) adds Ray's and MLflow's own logs. With --json, stdout of
+quickstart, pretrain, evaluate and sweep is exactly one JSON line; everything else goes to stderr.
+No colour when NO_COLOR is set or stderr is not a terminal.
+
+exit codes: 0 ok; 1 failure (e.g. the tracking server stayed away); 2 usage, config or data
+error; 130 interrupted (SIGINT, Ctrl-C; the run is KILLED and resumable); 141 stdout closed by its
+reader; 143 terminated (SIGTERM)."""
+
+
+def _add_verbose(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="show Ray's and MLflow's own logs (default: quiet)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="msclr", description="Multi-Skeleton Contrastive Learning platform")
+    parser = argparse.ArgumentParser(prog="msclr", description="Multi-Skeleton Contrastive Learning platform",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    _add_verbose(parser, False)
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for words, module, help_ in _available(COMMANDS):
@@ -61,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                 groups[group] = gp.add_subparsers(dest=f"{group}_command", metavar="COMMAND", required=True)
             sub = groups[group].add_parser(leaf, help=help_, description=help_)
         module.add_arguments(sub)
-        sub.set_defaults(_main=module.main)
+        _add_verbose(sub, argparse.SUPPRESS)  # after the command too; SUPPRESS keeps a -v given before it
+        sub.set_defaults(_main=module.main, _json_stdout=getattr(module, "JSON_STDOUT", False))
     return parser
 
 
@@ -87,14 +106,18 @@ def _stdout_closed() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 ok, 1 failure (e.g. the tracking server stayed away), 2 usage or config
-    error, 130 SIGINT (Ctrl-C), 141 stdout closed by its reader, 143 SIGTERM."""
+    error, 130 SIGINT (Ctrl-C), 141 stdout closed by its reader, 143 SIGTERM (EPILOG, README)."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     from msclr_core.errors import MsclrError
 
+    from . import console
+
     try:
-        code = int(args._main(args) or 0)
-        sys.stdout.flush()  # a closed pipe shows here, not in the flush at interpreter exit
+        # --json of a command with JSON_STDOUT: fd 1 is stderr inside, console.print_json writes the one line
+        with console.session(is_verbose=args.verbose, json_stdout=args._json_stdout and getattr(args, "json", False)):
+            code = int(args._main(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not in the flush at interpreter exit
         return code
     except BrokenPipeError:
         return _stdout_closed()

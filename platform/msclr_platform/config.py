@@ -23,10 +23,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from msclr_core.augment import AugmentConfig
 from msclr_core.data.safe_pickle import short_repr
 from msclr_core.errors import ConfigError
-from msclr_core.pretrain import MethodSettings, ModelSettings, OptimSettings, PretrainSettings
+from msclr_core.pretrain import PretrainSettings
 from msclr_core.protocol import EvalSettings, ProbeSettings
 
 from . import validate
@@ -111,16 +110,12 @@ class TrackingConfig:
 
 
 @dataclass
-class ExperimentConfig:
+class ExperimentConfig(PretrainSettings):
+    """What is trained (the core's PretrainSettings: conventions, stream, model, method, optim,
+    augment, seed) plus where it runs and how it is evaluated and tracked."""
+
     name: str = "msclr"
     data: DataConfig = field(default_factory=DataConfig)
-    conventions: list[str] = field(default_factory=lambda: ["ntu-rgb+d", "smplx_42"])
-    stream: str = "joint"
-    model: ModelSettings = field(default_factory=ModelSettings)
-    method: MethodSettings = field(default_factory=MethodSettings)
-    optim: OptimSettings = field(default_factory=OptimSettings)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -128,18 +123,12 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def pretrain_settings(self) -> PretrainSettings:
-        return PretrainSettings(
-            conventions=list(self.conventions),
-            stream=self.stream,
-            model=self.model,
-            method=self.method,
-            optim=self.optim,
-            augment=self.augment,
-            seed=self.seed,
-        )
+        """The core's view alone: what workers train and checkpoints record (no platform keys)."""
+        return PretrainSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(PretrainSettings)})
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        return {k: d[k] for k in ("name", "data", *d) if k in d}  # name and data first, as the YAML files write them
 
 
 validate.register_platform(ExperimentConfig, DataConfig, EvalConfig, RayConfig, TrackingConfig, REFERENCES)

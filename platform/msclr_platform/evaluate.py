@@ -36,9 +36,10 @@ def load_eval_data(cfg: ExperimentConfig, ds=None) -> tuple[dict, dict, int]:
 
 
 def evaluate_run(cfg: ExperimentConfig, state: dict | None, *, label: str = "pretrained", references=None,
-                 device: str | torch.device = "cpu", log=print) -> P.EvalReport:
-    """The protocol on the run's encoder plus the references (default: cfg.eval.references)."""
-    data, labels, k = load_eval_data(cfg)
+                 device: str | torch.device = "cpu", log=print, ds=None) -> P.EvalReport:
+    """The protocol on the run's encoder plus the references (default: cfg.eval.references).
+    `ds`: the run's Dataset when the caller has it open."""
+    data, labels, k = load_eval_data(cfg, ds)
     settings = cfg.eval.settings(cfg.seed)
     args = dict(stream=cfg.stream, device=device)
     report = P.evaluate_encoder(encoder_from_state(cfg, state), data, labels, k, settings, label=label, **args)

@@ -13,10 +13,9 @@ at most the retry budget, after which the results wait in a fallback directory f
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +36,8 @@ from .offline import (
     upload_evaluation, upload_pretrain,
 )  # fmt: skip
 from .tracking import (
-    check_reachable, ensure_tracking_uri, find_runs_by_name, get_or_create_run, git_commit,
-    log_config_params,
+    check_reachable, ensure_tracking_uri, find_runs_by_name, get_or_create_run, log_config_params,
+    eval_run_name, log_dataset, metric_key,
 )  # fmt: skip
 
 
@@ -49,57 +48,41 @@ class PretrainResult:
     history: list[dict]
     state: dict  # the final MSCLR state_dict (CPU tensors)
     cfg: ExperimentConfig | None = None  # the config it ran (renamed by --new-run)
+    dataset: object = None  # the Dataset it trained on, opened once per driver run
 
 
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
+@dataclass
+class Hooks:
+    """How a caller that is not `msclr pretrain` joins the one pretraining path: a sweep
+    trial adds its tags (msclr.kind "trial", trial_id) and Tune's report callback, and the
+    dataset its driver already opened."""
 
-    return MlflowClient(uri)
-
-
-def dataset_digest(ds) -> str:
-    """Digest from the manifest and the array files' sizes/mtimes: never hash a memmap."""
-    root = Path(ds.root)
-    h = hashlib.sha256((root / "manifest.json").read_bytes())
-    for f in sorted(root.glob("*.npy")):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
-
-
-def log_dataset(client, run_id: str, cfg: ExperimentConfig, ds) -> None:
-    import mlflow
-    import pandas as pd
-
-    table = pd.DataFrame({"sample": list(ds.sample_names), "label": np.asarray(ds.labels)})
-    dataset = mlflow.data.from_pandas(table, source=cfg.data.path, name=ds.name, digest=dataset_digest(ds))
-    from mlflow.entities import DatasetInput, InputTag
-
-    client.log_inputs(
-        run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "pretrain")])]
-    )
+    tags: dict = dataclasses.field(default_factory=dict)  # on the MLflow run (msclr.kind overrides "pretrain")
+    callbacks: list = dataclasses.field(default_factory=list)  # Ray Train callbacks (TuneReportCallback)
+    dataset: object = None  # the opened, checked Dataset (None: open it here)
 
 
 def run_pretrain(cfg: ExperimentConfig, *, parent_run_id: str | None = None, quiet: bool = False,
-                 on_change: str = "refuse") -> PretrainResult:
+                 on_change: str = "refuse", hooks: Hooks | None = None) -> PretrainResult:
     """Pretrain (or resume) run cfg.name. `on_change`: what to do when the run exists with
     another config: "refuse" (ConfigChanged), "new-run", "resume-changed" (resume.py).
     Raises Interrupted (SIGINT/SIGTERM: the run is KILLED) or TrackingUnavailable (the
     results wait in the fallback directory) instead of leaving the run RUNNING."""
     with signal_guard() as guard:
-        return _run_pretrain(cfg, guard, parent_run_id=parent_run_id, quiet=quiet, on_change=on_change)
+        return _run_pretrain(cfg, guard, parent_run_id=parent_run_id, quiet=quiet, on_change=on_change,
+                             hooks=hooks or Hooks())  # fmt: skip
 
 
-def _run_pretrain(cfg: ExperimentConfig, guard, *, parent_run_id, quiet, on_change) -> PretrainResult:
-    from .data import consistency_status, dataset_for
-    from .train import check_resources, init_ray, make_trainer, preflight
+def _run_pretrain(cfg: ExperimentConfig, guard, *, parent_run_id, quiet, on_change, hooks: Hooks) -> PretrainResult:
+    from .data import consistency_status
+    from .resources import check_resources
+    from .train import init_ray, make_trainer, preflight
 
-    preflight(cfg)  # the dataset (NaN/inf, consistency) against the config: before any server starts
-    ds = dataset_for(cfg)
+    ds = preflight(cfg, hooks.dataset)  # the dataset (NaN/inf, consistency) against the config: before any server
     uri = ensure_tracking_uri(cfg.tracking.tracking_uri, quiet=quiet)
     check_reachable(uri)  # before any compute
     client = tracking_client(uri, cfg.tracking.retry_budget_s)
-    cfg, run_id, resumed, plan = open_pretrain_run(client, cfg, parent_run_id, on_change)
+    cfg, run_id, resumed, plan = open_pretrain_run(client, cfg, parent_run_id, on_change, hooks.tags)
     if resumed:  # refused (before closing_run) if its driver is alive; else says if one was killed
         claim_run(client, client.get_run(run_id), cfg.name)
     with closing_run(client, run_id, guard, cfg.name):
@@ -111,7 +94,7 @@ def _run_pretrain(cfg: ExperimentConfig, guard, *, parent_run_id, quiet, on_chan
             print(f"MLflow run {run_id} ({'resumed' if resumed else 'new'}) at {uri}", flush=True)
         log_config_params(client, run_id, {**flatten(cfg.to_dict()), "tracking.tracking_uri": uri})  # the one used
         if not plan.stored:
-            log_dataset(client, run_id, cfg, ds)
+            log_dataset(client, run_id, cfg.data.path, ds)
             client.set_tag(run_id, "msclr.consistency", consistency_status(cfg, ds))
             resume.log_config(client, run_id, cfg)
         resume.record(client, run_id, plan, from_epoch=resume_epoch(cfg))
@@ -119,7 +102,8 @@ def _run_pretrain(cfg: ExperimentConfig, guard, *, parent_run_id, quiet, on_chan
         guard.install()  # ray.init installed its own SIGTERM handler
         check_resources(cfg)
         stop_key = new_stop_key(run_id)
-        trainer = make_trainer(cfg, {"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri, "stop_key": stop_key})
+        loop_config = {"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri, "stop_key": stop_key}
+        trainer = make_trainer(cfg, loop_config, callbacks=hooks.callbacks)
         system = _system_metrics(uri, run_id, cfg)
         try:
             with stop_at_step_boundary(guard, trainer, stop_key):
@@ -136,18 +120,18 @@ def _run_pretrain(cfg: ExperimentConfig, guard, *, parent_run_id, quiet, on_chan
         state = _final_state(result)
         if guard.signum:
             _stop_interrupted(client, run_id, cfg, state, info, guard)
-        return _finish_pretrain(client, run_id, cfg, state, result.checkpoint.path)
+        return _finish_pretrain(client, run_id, cfg, state, result.checkpoint.path, ds)
 
 
-def open_pretrain_run(client, cfg: ExperimentConfig, parent_run_id: str | None, on_change: str):
+def open_pretrain_run(client, cfg: ExperimentConfig, parent_run_id: str | None, on_change: str, tags: dict | None = None):
     """(cfg, run_id, resumed, plan): the MLflow run this attempt trains, found by name and
     checked against its stored config (resume.plan_resume), or created. Nothing is written
     to a run that is refused."""
     from .train import run_directory
 
     tags = {
-        "msclr.version": core_version, "git.commit": git_commit(), "msclr.kind": "pretrain",
-        "conventions": ",".join(cfg.conventions), "stream": cfg.stream, "objective": cfg.method.objective,
+        "msclr.version": core_version, "msclr.kind": "pretrain",  # the commit: mlflow.source.git.commit
+        "conventions": ",".join(cfg.conventions), "stream": cfg.stream, "objective": cfg.method.objective, **(tags or {}),
     }  # fmt: skip
     refuse_if_pending(run_directory(cfg), cfg.name)
     run_id, resumed = get_or_create_run(client, cfg.tracking.experiment, cfg.name, parent_run_id=parent_run_id, tags=tags)
@@ -215,21 +199,45 @@ def _stop_interrupted(client, run_id: str, cfg: ExperimentConfig, state: dict | 
     raise as_interrupted(KeyboardInterrupt(), guard, f"{where}; {_checkpoint_note(cfg)}")
 
 
-def _finish_pretrain(client, run_id: str, cfg: ExperimentConfig, state: dict, checkpoint: str) -> PretrainResult:
+def _finish_pretrain(client, run_id: str, cfg: ExperimentConfig, state: dict, checkpoint: str, ds) -> PretrainResult:
     """Log the run's end (history, encoder, plots) and close it FINISHED; during an outage
     that outlasts the budget, keep them in the fallback directory and raise TrackingUnavailable."""
     from .train import run_directory
 
-    result = PretrainResult(run_id, checkpoint, state["history"], state["model"], cfg)
+    result = PretrainResult(run_id, checkpoint, state["history"], state["model"], cfg, ds)
     with tempfile.TemporaryDirectory() as d:
-        files = write_pretrain_artifacts(cfg, state, Path(d))
-        try:
-            upload_pretrain(client, run_id, state["history"], files)
+        files = write_pretrain_artifacts(cfg, state, Path(d), ds)
+        last_epoch = state["history"][-1]["epoch"] if state["history"] else 0
+        try:  # the encoder as an MLflow model too, logged while the run is still RUNNING (logged_model.py)
+            upload_pretrain(client, run_id, state["history"], files,
+                            before_close=lambda c, r: log_encoder(c, r, cfg, state, ds, last_epoch))
         except TrackingUnavailable as err:
             fallback = fallback_dir(run_directory(cfg), cfg.name)
             save_pretrain(fallback, run_meta(cfg), run_id, state["history"], files, "FINISHED")
             raise offline_error(str(err), result, fallback, "the final encoder, plots and epoch history") from None
     return result
+
+
+def log_encoder(client, run_id: str, cfg: ExperimentConfig, state: dict, ds, step: int):
+    """The encoder of `state` (a checkpoint's: model, history) as the run's MLflow model
+    "encoder" (logged_model.py). An outage raises
+    TrackingUnavailable (the fallback keeps encoder_q.pt; `msclr runs sync` does not log the
+    model); any other failure only warns: the weights are logged as encoder_q.pt all the same."""
+    from .logged_model import log_encoder_model
+
+    try:
+        return log_encoder_model(client, run_id, cfg, state["model"], ds, step=step)
+    except TrackingUnavailable:
+        raise
+    except Exception as err:  # noqa: BLE001 - a convenience copy of encoder_q.pt: never fail the run for it
+        print(f"WARNING: the encoder was not logged as an MLflow model: {type(err).__name__}: {err}", flush=True)
+        try:
+            client.set_tag(run_id, "msclr.model_error", f"{type(err).__name__}: {err}"[:500])
+        except TrackingUnavailable:
+            raise
+        except Exception:  # noqa: BLE001
+            pass
+        return None
 
 
 def run_meta(cfg: ExperimentConfig) -> dict:
@@ -269,16 +277,18 @@ def _system_metrics(uri: str, run_id: str, cfg: ExperimentConfig):
         monitor.start()
         return monitor
     except Exception as err:  # noqa: BLE001 - system metrics are optional (psutil)
-        print(f"system metrics disabled: {err}")
+        import sys
+
+        print(f"msclr: system metrics disabled: {err}", file=sys.stderr)
         return None
 
 
-def write_pretrain_artifacts(cfg: ExperimentConfig, state: dict, d: Path) -> list[Path]:
+def write_pretrain_artifacts(cfg: ExperimentConfig, state: dict, d: Path, ds=None) -> list[Path]:
     """The files a finished pretraining run logs: the query encoder's weights, the loss/lr
     curves and (tracking.embedding_plot) a PCA plot of test embeddings, written into d."""
     import torch
 
-    from .data import load_split
+    from .data import dataset_for, load_split
     from .evaluate import encoder_from_state
 
     encoder = {k: v for k, v in state["model"].items() if k.startswith("encoder_q.")}
@@ -288,15 +298,17 @@ def write_pretrain_artifacts(cfg: ExperimentConfig, state: dict, d: Path) -> lis
     if cfg.tracking.embedding_plot:
         conv = cfg.conventions[0]
         sub = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_test_samples=600))
-        test = load_split(sub, cfg.data.test_part, conventions=[conv])
+        ds = ds or dataset_for(cfg)
+        test = load_split(sub, cfg.data.test_part, conventions=[conv], ds=ds)
         feats = E.extract_features(encoder_from_state(cfg, state["model"]), test.arrays[conv], conv, cfg.stream)
-        plots.embedding_pca(feats.numpy(), test.labels, [], d / "embedding_pca.png", f"{cfg.name}: {conv} test features")
+        plots.embedding_pca(feats.numpy(), test.labels, list(ds.classes), d / "embedding_pca.png",
+                            f"{cfg.name}: {conv} test features")  # the legend names the classes
         paths.append(d / "embedding_pca.png")
     return paths
 
 
 def run_evaluation(cfg: ExperimentConfig, state: dict | None, *, parent_run_id: str | None, name: str | None = None,
-                   label: str = "pretrained", references=None, offline: Path | None = None):
+                   label: str = "pretrained", references=None, offline: Path | None = None, ds=None):
     """Evaluate an encoder state (None = random init) with the references the config asks for
     (or `references`), in an MLflow run nested under parent_run_id.
 
@@ -304,26 +316,32 @@ def run_evaluation(cfg: ExperimentConfig, state: dict | None, *, parent_run_id: 
     ...), `<reference>.<key>.<convention>` for each reference (raw, random_init, supervised); the encoder's final
     ones on parent_run_id too (copy_final_metrics). A collapsed probe is tagged (`msclr.collapsed`) and warned
     about. `offline`: the tracking server is gone; the results go into that fallback directory (offline.py)
-    instead, and (None, report) is returned."""
+    instead, and (None, report) is returned. `ds`: the Dataset, when the caller opened it."""
+    from .data import dataset_for
     from .evaluate import evaluate_run
     from .train import run_directory
 
-    eval_name = name or f"{cfg.name}/eval"
+    ds = ds or dataset_for(cfg)
+    eval_name = name or eval_run_name(cfg.name)
     record = {"name": eval_name, "experiment": cfg.tracking.experiment, "parent_run_id": parent_run_id, "run_id": None,
               "tags": {"msclr.kind": "evaluation", "conventions": ",".join(cfg.conventions), "stream": cfg.stream}}
+
+    def evaluate(d: Path):
+        report = evaluate_run(cfg, state, label=label, references=references, ds=ds)
+        return report, evaluation_outputs(cfg, report, label, eval_name, d, list(ds.classes))
+
     with signal_guard() as guard, tempfile.TemporaryDirectory() as d:
         if offline is not None:
-            report = evaluate_run(cfg, state, label=label, references=references)
-            save_evaluation(offline, run_meta(cfg), _with(record, evaluation_outputs(cfg, report, label, eval_name, Path(d))),
-                            Path(d))  # fmt: skip
+            report, outputs = evaluate(Path(d))
+            save_evaluation(offline, run_meta(cfg), _with(record, outputs), Path(d))
             return None, report
         uri = ensure_tracking_uri(cfg.tracking.tracking_uri, quiet=True)
         client = tracking_client(uri, cfg.tracking.retry_budget_s)
         run_id, _ = get_or_create_run(client, record["experiment"], eval_name, parent_run_id=parent_run_id,
                                       tags=record["tags"])  # fmt: skip
         with closing_run(client, run_id, guard, eval_name):
-            report = evaluate_run(cfg, state, label=label, references=references)
-            record = _with({**record, "run_id": run_id}, evaluation_outputs(cfg, report, label, eval_name, Path(d)))
+            report, outputs = evaluate(Path(d))
+            record = _with({**record, "run_id": run_id}, outputs)
             try:
                 upload_evaluation(client, record, Path(d))  # also copies the final accuracies to the parent
             except TrackingUnavailable as err:
@@ -336,16 +354,16 @@ def run_evaluation(cfg: ExperimentConfig, state: dict | None, *, parent_run_id: 
     return run_id, report
 
 
-def evaluation_outputs(cfg: ExperimentConfig, report, label: str, eval_name: str, d: Path) -> dict:
-    """An evaluation's params, metrics ([key, value, step]), tags and files (written into d)."""
-    from .data import dataset_for
+def evaluation_outputs(cfg: ExperimentConfig, report, label: str, eval_name: str, d: Path, classes: list) -> dict:
+    """An evaluation's params, metrics ([key, value, step, timestamp ms]: when they were
+    computed, also when an outage delays the upload), tags and files (written into d)."""
     from .evaluate import collapsed_rows, primary_logits, results_table
 
-    metrics = []
+    metrics, now = [], int(time.time() * 1000)
     for row in report.rows:
         prefix = "" if row["model"] == label else metric_key(row["model"]).replace("-", "_") + "."
         conv = metric_key(row["convention"])
-        metrics += [[f"{prefix}{k}.{conv}", float(v), 0] for k, v in row.items()
+        metrics += [[f"{prefix}{k}.{conv}", float(v), 0, now] for k, v in row.items()
                     if isinstance(v, (int, float)) and v == v and k not in ("best_val_epoch",)]
     tags = {}
     bad = collapsed_rows(report)
@@ -353,7 +371,6 @@ def evaluation_outputs(cfg: ExperimentConfig, report, label: str, eval_name: str
         tags["msclr.collapsed"] = ",".join(bad)
         print(f"WARNING: collapsed linear probe (one class predicted for >= 90% of test clips): {', '.join(bad)}",
               flush=True)
-    classes = list(dataset_for(cfg).classes)
     results_table(report).to_csv(d / "results.csv")
     which, logits = primary_logits(report, label)
     cm = E.confusion_matrix(logits.argmax(1), report.test_labels, len(classes))
@@ -370,28 +387,27 @@ def _with(record: dict, outputs: dict) -> dict:
     return {**record, **outputs, "tags": {**record["tags"], **outputs["tags"]}}
 
 
-def metric_key(name: str) -> str:
-    """MLflow metric names allow [A-Za-z0-9_.\\-/ :]: 'ntu-rgb+d' -> 'ntu-rgb_d', 'a|b' -> 'a:b'."""
-    return re.sub(r"[^A-Za-z0-9_.\-/ :]", "_", name.replace("|", ":"))
-
-
 def run_experiment(cfg: ExperimentConfig, *, parent_run_id: str | None = None, quiet: bool = False,
-                   on_change: str = "refuse") -> dict:
+                   on_change: str = "refuse", hooks: Hooks | None = None) -> dict:
+    """Pretrain, then (eval.enabled) evaluate as a child run: `msclr pretrain`, the quickstart's
+    runs and every sweep trial (with its hooks) take this one path."""
     with signal_guard():
         try:
-            pre = run_pretrain(cfg, parent_run_id=parent_run_id, quiet=quiet, on_change=on_change)
+            pre = run_pretrain(cfg, parent_run_id=parent_run_id, quiet=quiet, on_change=on_change, hooks=hooks)
         except TrackingUnavailable as err:
             if err.result is None or not cfg.eval.enabled:
                 raise
             # Training finished while the server was away: the evaluation is computed all the
             # same and waits beside the encoder for `msclr runs sync`.
-            run_evaluation(err.result.cfg, err.result.state, parent_run_id=err.result.run_id, offline=err.fallback)
+            run_evaluation(err.result.cfg, err.result.state, parent_run_id=err.result.run_id, offline=err.fallback,
+                           ds=err.result.dataset)
             raise offline_error(err.reason, err.result, err.fallback,
                                 "the final encoder, plots, epoch history and evaluation") from None  # fmt: skip
         cfg = pre.cfg or cfg
-        out = {"name": cfg.name, "pretrain_run_id": pre.run_id, "checkpoint": pre.checkpoint_dir}
+        out = {"name": cfg.name, "pretrain_run_id": pre.run_id, "checkpoint": pre.checkpoint_dir,
+               "final_epoch": pre.history[-1] if pre.history else {}}
         if cfg.eval.enabled:
-            eval_id, report = run_evaluation(cfg, pre.state, parent_run_id=pre.run_id)
+            eval_id, report = run_evaluation(cfg, pre.state, parent_run_id=pre.run_id, ds=pre.dataset)
             from .evaluate import primary_top1
 
             out.update(eval_run_id=eval_id, results=report.rows, linear_top1=primary_top1(report))

@@ -22,14 +22,14 @@ from msclr_core import evaluation as E
 from msclr_core.errors import ConfigError, DataError
 
 from .config import ExperimentConfig
-from .tracking import ensure_tracking_uri, find_runs_by_name, get_or_create_run, log_params
+from .tracking import ensure_tracking_uri, eval_run_name, find_runs_by_name, get_or_create_run, log_params
 
 LOGITS_FILE = "test_logits.npz"
 
 
 def eval_logits(client, cfg: ExperimentConfig) -> tuple[str, dict[str, np.ndarray]]:
     """(eval run id, {key: logits, 'labels': labels}) of CONFIG's finished evaluation."""
-    name = f"{cfg.name}/eval"
+    name = eval_run_name(cfg.name)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     runs = find_runs_by_name(client, [exp.experiment_id], name, max_results=1) if exp else []
     if not runs:
@@ -70,7 +70,7 @@ def run_fusion(cfgs: list[ExperimentConfig], weights: dict | None = None) -> tup
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from .experiment import metric_key
+    from .tracking import metric_key
     from .runs import pretrain_run_id
 
     streams = [c.stream for c in cfgs]

@@ -96,6 +96,11 @@ class BudgetedClient:
             return attr
         return lambda *args, **kwargs: self._call(attr, args, kwargs)
 
+    def call(self, fn, *args, **kwargs):
+        """fn(*args, **kwargs), retried within the budget: several requests made by MLflow's
+        fluent API (mlflow.pytorch's model logging) as one call."""
+        return self._call(fn, args, kwargs)
+
     def _call(self, fn, args, kwargs):
         delay = 1.0
         while not self.offline:
@@ -140,13 +145,18 @@ def tracking_client(uri: str, budget_s: float, budget: TrackingBudget | None = N
 # ---------------------------------------------------------------- what goes to MLflow at the end
 
 
-def upload_pretrain(client, run_id: str, history: list[dict], files: list[Path], status: str = "FINISHED") -> None:
-    """The end of a pretraining run: its epoch history, artifacts and final state."""
+def upload_pretrain(client, run_id: str, history: list[dict], files: list[Path], status: str = "FINISHED",
+                    before_close=None) -> None:
+    """The end of a pretraining run: its epoch history, artifacts and final state.
+    `before_close(client, run_id)`: more to log while the run is still open (the driver logs
+    the encoder as an MLflow model; `msclr runs sync` does not: encoder_q.pt is in the files)."""
     from .tracking import sync_history
 
     sync_history(client, run_id, history)
     for f in files:
         client.log_artifact(run_id, str(f))
+    if before_close is not None:
+        before_close(client, run_id)
     client.set_terminated(run_id, status)
 
 
@@ -155,7 +165,7 @@ def upload_evaluation(client, record: dict, files_dir: Path) -> str:
     tags, params, metrics [[key, value, step]], files): created if needed, then FINISHED."""
     from mlflow.entities import Metric
 
-    from .tracking import copy_final_metrics, get_or_create_run, log_params
+    from .tracking import copy_final_metrics, get_or_create_run, log_params, log_table
 
     run_id = record.get("run_id") or get_or_create_run(
         client, record["experiment"], record["name"], parent_run_id=record.get("parent_run_id"), tags=record["tags"])[0]
@@ -163,15 +173,29 @@ def upload_evaluation(client, record: dict, files_dir: Path) -> str:
         client.set_tag(run_id, key, value)
     log_params(client, run_id, record["params"])
     now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, int(step)) for k, v, step in record["metrics"]]
+    metrics = [Metric(k, float(v), int(ts[0]) if ts else now, int(step)) for k, v, step, *ts in record["metrics"]]
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
     for name in record["files"]:
         client.log_artifact(run_id, str(files_dir / name))
+    if "results.csv" in record["files"]:  # results.csv as a table the MLflow UI renders
+        log_table(client, run_id, results_view(files_dir / "results.csv"), RESULTS_TABLE)
     if record.get("parent_run_id"):  # the run that was evaluated: its final accuracies beside its params
         copy_final_metrics(client, record["parent_run_id"], record["metrics"])
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+RESULTS_TABLE = "results_table.json"  # an evaluation run's results as an MLflow table (mlflow.load_table)
+RESULTS_COLUMNS = ("model", "convention", "linear_top1", "linear_top5", "knn_top1", "probe", "collapsed")
+
+
+def results_view(results_csv: Path):
+    """One row per model and convention of an evaluation's results.csv: RESULTS_COLUMNS."""
+    import pandas as pd
+
+    table = pd.read_csv(results_csv)
+    return table[[c for c in RESULTS_COLUMNS if c in table.columns]]
 
 
 # ---------------------------------------------------------------- the fallback directory

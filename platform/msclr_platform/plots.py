@@ -31,7 +31,16 @@ def training_curves(history: list[dict], path: Path) -> Path:
 
 
 def embedding_pca(features: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
-    """2-D PCA of encoder features coloured by class (PCA: deterministic and fast, unlike t-SNE)."""
+    """2-D PCA of encoder features coloured by class (PCA: deterministic and fast, unlike t-SNE).
+    The legend names each class (class_names[label]); a label without a name shows its index."""
+    fig = embedding_pca_figure(features, labels, class_names, title)
+    fig.savefig(path, dpi=100)
+    _plt().close(fig)
+    return path
+
+
+def embedding_pca_figure(features: np.ndarray, labels: np.ndarray, class_names: list[str], title: str):
+    """The figure embedding_pca saves (open: the caller closes it)."""
     plt = _plt()
     x = features - features.mean(0, keepdims=True)
     _, _, vt = np.linalg.svd(x, full_matrices=False)
@@ -40,13 +49,12 @@ def embedding_pca(features: np.ndarray, labels: np.ndarray, class_names: list[st
     cmap = plt.get_cmap("tab20")
     for c in np.unique(labels):
         m = labels == c
-        ax.scatter(xy[m, 0], xy[m, 1], s=6, color=cmap(int(c) % 20), label=class_names[int(c)] if class_names else str(c))
+        name = str(class_names[int(c)]) if 0 <= int(c) < len(class_names) else str(int(c))
+        ax.scatter(xy[m, 0], xy[m, 1], s=6, color=cmap(int(c) % 20), label=name)
     ax.set(title=title, xlabel="PC1", ylabel="PC2")
     ax.legend(fontsize=6, markerscale=2, ncol=2, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def confusion(cm: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:

@@ -50,18 +50,21 @@ def quickstart(config: str | None = None, overrides=None, clips: int = 1200, tag
     cfg.tracking.tracking_uri = uri
     tag = tag or time.strftime("%Y%m%d-%H%M%S")
     client = MlflowClient(uri)
-    parent_id, _ = get_or_create_run(client, cfg.tracking.experiment, f"quickstart-{tag}", tags={"msclr.kind": "quickstart"})
+    names = run_names(cfg.name, tag)
+    parent_id, _ = get_or_create_run(client, cfg.tracking.experiment, names["parent"], tags={"msclr.kind": "quickstart"})
 
-    msclr = dataclasses.replace(cfg, name=f"{cfg.name}-{tag}")
+    msclr = dataclasses.replace(cfg, name=names["msclr"])
     # The references (raw input, random init, supervised ceiling) are evaluated once, in MS-CLR's
     # evaluation run; the baseline's run probes only its own encoder.
-    baseline = dataclasses.replace(cfg, name=f"quickstart-baseline-{tag}", conventions=cfg.conventions[:1],
+    baseline = dataclasses.replace(cfg, name=names["baseline"], conventions=cfg.conventions[:1],
                                    eval=dataclasses.replace(cfg.eval, references=[]))
     t0 = time.perf_counter()
     with signal_guard():  # SIGTERM too ends every run KILLED (lifecycle.py)
         try:
             results = {"msclr": run_experiment(msclr, parent_run_id=parent_id),
                        "baseline": run_experiment(baseline, parent_run_id=parent_id)}
+            rows = summary_rows(results)
+            log_summary(client, parent_id, rows)  # the parent row of the runs table shows the comparison
         except BaseException as err:  # the parent run ends in a true state too
             client.set_terminated(parent_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
             if isinstance(err, Interrupted):
@@ -69,9 +72,6 @@ def quickstart(config: str | None = None, overrides=None, clips: int = 1200, tag
             raise
         client.set_terminated(parent_id, "FINISHED")
 
-    rows = []
-    for label, res in results.items():
-        rows += [{**r, "model": label if r["model"] == "pretrained" else r["model"]} for r in res["results"]]
     first = cfg.conventions[0]
     top1 = {
         "msclr": _top1(rows, "msclr", first),
@@ -87,6 +87,56 @@ def quickstart(config: str | None = None, overrides=None, clips: int = 1200, tag
     }  # fmt: skip
     return {"mlflow_uri": uri, "experiment": cfg.tracking.experiment, "runs": runs, "top1": top1,
             "rows": rows, "wall_s": time.perf_counter() - t0}  # fmt: skip
+
+
+def run_names(name: str, tag: str) -> dict[str, str]:
+    """The quickstart's run names: the parent quickstart-<tag>, and under it runs named with what
+    tells them apart first (the MLflow runs table cuts long names): msclr-<name>-<tag> and
+    baseline-<name>-<tag>, <name> the config's name less a trailing "-msclr" (the default
+    config: msclr-quickstart-<tag>, baseline-quickstart-<tag>)."""
+    base = name.removesuffix("-msclr") or name
+    return {"parent": f"quickstart-{tag}", "msclr": f"msclr-{base}-{tag}", "baseline": f"baseline-{base}-{tag}"}
+
+
+SUMMARY_TABLE = "quickstart_summary.json"  # the parent run's table artifact (mlflow.load_table)
+SUMMARY_COLUMNS = ("model", "convention", "linear_top1", "linear_top5", "knn_top1", "probe", "collapsed")
+
+
+def summary_rows(results: dict) -> list[dict]:
+    """Every evaluation row of the quickstart's runs, its own encoder named by the run (msclr, baseline)."""
+    rows = []
+    for label, res in results.items():
+        rows += [{**r, "model": label if r["model"] == "pretrained" else r["model"]} for r in res["results"]]
+    return rows
+
+
+def summary_metrics(rows: list[dict]) -> dict[str, float]:
+    """The parent run's headline metrics: `linear_top1.<model>.<convention>` and
+    `knn_top1.<model>.<convention>`, model msclr, baseline, raw, random_init, supervised (linear_top1.msclr.ensemble,
+    linear_top1.baseline.ntu-rgb_d, linear_top1.random_init.ntu-rgb_d); NaN (no kNN on an ensemble) left out."""
+    from .tracking import metric_key
+
+    out = {}
+    for r in rows:
+        name = f"{metric_key(r['model']).replace('-', '_')}.{metric_key(r['convention'])}"
+        for key in ("linear_top1", "knn_top1"):
+            value = r.get(key)
+            if isinstance(value, (int, float)) and value == value:
+                out[f"{key}.{name}"] = float(value)
+    return out
+
+
+def log_summary(client, run_id: str, rows: list[dict]) -> None:
+    """The quickstart's results table (what it prints) and headline metrics on its parent run."""
+    import pandas as pd
+    from mlflow.entities import Metric
+
+    from .tracking import log_table
+
+    table = pd.DataFrame(rows)
+    log_table(client, run_id, table[[c for c in SUMMARY_COLUMNS if c in table.columns]], SUMMARY_TABLE)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in summary_metrics(rows).items()])
 
 
 def _top1(rows, model, conv):

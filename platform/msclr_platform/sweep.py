@@ -20,18 +20,8 @@ from msclr_core.errors import ConfigError
 
 from . import validate
 from .config import ExperimentConfig, deep_merge, flatten, from_dict, read_yaml, resolve_paths
-
-DISTRIBUTIONS = {"grid", "choice", "uniform", "loguniform", "randint"}
-SEARCH_ALGS = ("random", "grid", "variant_generator", "ax", "hyperopt", "bayesopt", "bohb", "nevergrad", "optuna",
-               "zoopt", "hebo")  # Tune's create_searcher names (each needs its package)
-
-
-@dataclass
-class SchedulerSpec:
-    type: str = "asha"  # asha | fifo
-    grace_period: int = 1
-    reduction_factor: int = 2
-    max_t: int | None = None  # default: the base config's epochs
+from .search_space import (SEARCH_ALGS, SchedulerSpec, candidates, check_distribution, expected_trials, param_space,
+                           scheduler, searcher)
 
 
 @dataclass
@@ -39,7 +29,7 @@ class SweepSpec:
     name: str = "sweep"
     base: str = ""  # experiment YAML, relative to the sweep file
     overrides: dict = field(default_factory=dict)  # fixed dotted-key overrides for every trial
-    search: dict = field(default_factory=dict)  # dotted key -> {grid|choice|uniform|loguniform|randint: ...}
+    search: dict = field(default_factory=dict)  # dotted key -> {kind: args}, search_space.DISTRIBUTIONS
     metric: str = "probe_knn_top1"
     mode: str = "max"
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
@@ -51,10 +41,6 @@ class SweepSpec:
     final_eval: bool = True
 
 
-validate.register(SchedulerSpec,
-                  type=validate.one_of("asha", "fifo"), grace_period=validate.count(1, validate.MAX_EPOCHS),
-                  reduction_factor=validate.count(2, 1000),
-                  max_t=validate.optional(validate.count(1, validate.MAX_EPOCHS)))
 validate.register(SweepSpec,
                   name=validate.text(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "must be letters, digits, '_', '.', '-' "
                                      "(it names directories)", max_len=validate.MAX_NAME),
@@ -90,23 +76,6 @@ def trial_config(sweep: Sweep, params: dict) -> ExperimentConfig:
     return from_dict(ExperimentConfig, raw, source=str(sweep.path))
 
 
-def _candidates(key: str, dist: dict, source: str) -> list | None:
-    """The finite values a distribution can take (None for continuous ones)."""
-    (kind, arg), = dist.items()
-    if kind in ("grid", "choice"):
-        if not isinstance(arg, list) or not arg:
-            raise ConfigError(f"{source}: key 'search.{key}.{kind}': expected a non-empty list")
-        return arg
-    if kind == "randint":
-        if not (isinstance(arg, list) and len(arg) == 2 and all(type(v) is int for v in arg) and arg[0] < arg[1]):
-            raise ConfigError(f"{source}: key 'search.{key}.randint': expected [low, high) with integers low < high")
-        lo, hi = arg
-        return list(range(lo, hi)) if hi - lo <= 64 else [lo, hi - 1]
-    if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) for v in arg)):
-        raise ConfigError(f"{source}: key 'search.{key}.{kind}': expected [low, high]")
-    return arg  # check both ends
-
-
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Parse and validate a sweep file before anything starts.
 
@@ -136,13 +105,12 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     if spec.metric.startswith("probe_"):
         base_cfg.eval.probe_every = max(1, base_cfg.eval.probe_every)
     for key, dist in spec.search.items():
-        if not (isinstance(dist, dict) and len(dist) == 1 and next(iter(dist)) in DISTRIBUTIONS):
-            raise ConfigError(f"{source}: key 'search.{key}': expected one of {sorted(DISTRIBUTIONS)} with its values")
+        check_distribution(key, dist, source)
     sweep = Sweep(spec, path, base_cfg.to_dict())
     # Every combination of the finite candidates (and both ends of ranges) must give a
     # valid experiment: unknown keys, wrong types, queue sizes vs the global batch and
     # conventions missing from the dataset fail here, naming the sweep file and key.
-    values = {k: _candidates(k, d, source) for k, d in spec.search.items()}
+    values = {k: candidates(k, d, source) for k, d in spec.search.items()}
     dataset_for(base_cfg)  # the dataset must exist before trials start
     for combo in itertools.islice(itertools.product(*values.values()), 256):
         params = dict(zip(values, combo))
@@ -155,85 +123,50 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     return sweep
 
 
-def param_space(spec: SweepSpec) -> dict:
-    from ray import tune
-
-    make = {
-        "grid": tune.grid_search, "choice": tune.choice, "uniform": lambda a: tune.uniform(*a),
-        "loguniform": lambda a: tune.loguniform(*a), "randint": lambda a: tune.randint(*a),
-    }  # fmt: skip
-    return {"params": {key: make[kind](arg) for key, dist in spec.search.items() for kind, arg in dist.items()}}
-
-
-def searcher(spec: SweepSpec):
-    from ray import tune
-
-    if spec.search_alg in ("random", "grid"):
-        return None  # Tune's BasicVariantGenerator: grid entries expand, the rest sample
-    try:
-        return tune.create_searcher(spec.search_alg, metric=spec.metric, mode=spec.mode)
-    except (ImportError, ValueError, AssertionError) as err:  # Tune asserts when the package is missing
-        raise ConfigError(
-            f"search_alg {spec.search_alg!r} needs its package ({err}); install it or use random/grid"
-        ) from None
-
-
-def scheduler(spec: SweepSpec, epochs: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    if spec.scheduler.type == "fifo":
-        return FIFOScheduler()
-    # +1: ASHA stops a trial the moment it reports max_t, which at max_t = epochs would kill
-    # the trial driver during its final evaluation (reported after the last epoch).
-    return ASHAScheduler(
-        time_attr="epoch", max_t=(spec.scheduler.max_t or epochs) + 1,
-        grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
-    )  # fmt: skip
-
-
 # ---------------------------------------------------------------- running
 
 
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's resource of the head node (ray._common.constants)
+
+
+def trial_run_config(sweep: Sweep, params: dict, trial_id: str, uri: str) -> ExperimentConfig:
+    """What one trial runs: the trial's config, named after the sweep and trial, evaluated
+    (spec.final_eval) without the references, which do not depend on the searched keys and
+    would be evaluated again for every trial."""
+    cfg = trial_config(sweep, params)
+    cfg = dataclasses.replace(cfg, name=f"{sweep.spec.name}-{trial_id}",
+                              eval=dataclasses.replace(cfg.eval, enabled=sweep.spec.final_eval, references=[]))
+    cfg.tracking.tracking_uri = uri
+    return cfg
+
+
 def _trial(params: dict, sweep: Sweep, parent_id: str, uri: str) -> None:
-    """One Tune trial: fit a Ray Train run named after the trial, then evaluate it (its run gets the
-    final `linear_top1.<convention>`, `knn_top1.<convention>` metrics from the evaluation)."""
-    from mlflow.tracking import MlflowClient
+    """One Tune trial: the same pretraining and evaluation path as `msclr pretrain`
+    (experiment.run_experiment), with Tune's report callback (per-epoch metrics, for the
+    scheduler) and the trial's tags. Its run gets the final `linear_top1.<convention>` and
+    `knn_top1.<convention>` from its evaluation; Tune gets them as `final_*`."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .config import flatten
-    from .evaluate import primary_top1
-    from .experiment import run_evaluation
-    from .runs import final_state
-    from .tracking import get_or_create_run, log_config_params
-    from .train import make_trainer
+    from .experiment import Hooks, run_experiment
 
     trial_id = tune.get_context().get_trial_id()
-    cfg = dataclasses.replace(trial_config(sweep, params["params"]), name=f"{sweep.spec.name}-{trial_id}")
-    cfg.tracking.tracking_uri = uri
-    client = MlflowClient(uri)
-    tags = {"msclr.kind": "trial", "trial_id": trial_id, "conventions": ",".join(cfg.conventions), "stream": cfg.stream}
-    run_id, _ = get_or_create_run(client, cfg.tracking.experiment, cfg.name, parent_run_id=parent_id, tags=tags)
-    log_config_params(client, run_id, flatten(cfg.to_dict()))
-    loop_config = {"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri}
-    result = make_trainer(cfg, loop_config, callbacks=[TuneReportCallback()]).fit()
-    if result.error:
-        client.set_terminated(run_id, "FAILED")
-        raise result.error
-    final = {"epoch": cfg.optim.epochs, sweep.spec.metric: (result.metrics or {}).get(sweep.spec.metric, float("nan"))}
-    if sweep.spec.final_eval:
-        _, report = run_evaluation(cfg, final_state(cfg), parent_run_id=run_id, references=[])
-        final.update({f"final_{r['convention']}_linear_top1".replace("+", "_"): r["linear_top1"] for r in report.rows})
-        final["final_linear_top1"] = primary_top1(report)
-    client.set_terminated(run_id, "FINISHED")
+    cfg = trial_run_config(sweep, params["params"], trial_id, uri)
+    hooks = Hooks(tags={"msclr.kind": "trial", "trial_id": trial_id}, callbacks=[TuneReportCallback()])
+    out = run_experiment(cfg, parent_run_id=parent_id, quiet=True, hooks=hooks)
+    final = {"epoch": cfg.optim.epochs, sweep.spec.metric: out["final_epoch"].get(sweep.spec.metric, float("nan"))}
+    if "results" in out:
+        final.update({f"final_{r['convention']}_linear_top1".replace("+", "_"): r["linear_top1"]
+                      for r in out["results"]})
+        final["final_linear_top1"] = out["linear_top1"]
     tune.report(final)
 
 
 def run_sweep(path: str | Path, resume: bool = False, overrides: list[str] | None = None, quiet: bool = False) -> dict:
-    import ray
     from mlflow.tracking import MlflowClient
     from ray import tune
 
+    from .resources import check_resources
     from .tracking import check_reachable, ensure_tracking_uri, get_or_create_run
     from .train import init_ray, storage_path
 
@@ -250,11 +183,12 @@ def run_sweep(path: str | Path, resume: bool = False, overrides: list[str] | Non
     # drivers (trial_cpus each), which only wait on their Train run. Without it a trial
     # whose workers ask for every core could never start (0.01 + 2 > 2).
     init_ray(base, num_cpus=(os.cpu_count() or 1) + 1)
-    check_trial_fits(spec, base)
+    check_resources(base, extra_cpus=spec.trial_cpus, who="a sweep trial")  # else Tune would wait forever
     exp_path = str(Path(storage_path(base)) / f"sweep-{spec.name}")
-    trainable = tune.with_resources(
-        tune.with_parameters(_trial, sweep=sweep, parent_id=parent_id, uri=uri), {"cpu": spec.trial_cpus}
-    )
+    # Trial drivers only wait on their Train run: keep them on the head node, so that a driver's
+    # sliver of CPU never makes a GPU node too small for the Train worker it was sized for.
+    driver = tune.PlacementGroupFactory([{"CPU": spec.trial_cpus, HEAD_NODE_RESOURCE: 0.001}])
+    trainable = tune.with_resources(tune.with_parameters(_trial, sweep=sweep, parent_id=parent_id, uri=uri), driver)
     if resume:
         if not tune.Tuner.can_restore(exp_path):
             raise ConfigError(f"{sweep.path}: nothing to resume at {exp_path}")
@@ -279,19 +213,9 @@ def run_sweep(path: str | Path, resume: bool = False, overrides: list[str] | Non
               f"`msclr sweep {sweep.path} --resume`", flush=True)  # fmt: skip
         best = None  # the parent stays RUNNING: the resumed sweep logs into it
     else:
-        best = _log_sweep_results(client, parent_id, spec, table)
+        best = _log_sweep_results(client, parent_id, spec, table, base)
         client.set_terminated(parent_id, "FINISHED")
-    del ray
     return {"parent_run_id": parent_id, "mlflow_uri": uri, "table": table, "best_trial": best, "unfinished": unfinished}
-
-
-def expected_trials(spec: SweepSpec) -> int:
-    """How many trials the search space makes: num_samples x the product of the grid sizes."""
-    n = spec.num_samples
-    for dist in spec.search.values():
-        if "grid" in dist:
-            n *= len(dist["grid"])
-    return n
 
 
 def unfinished_trials(exp_path: str, trainable, expected: int) -> int:
@@ -305,21 +229,6 @@ def unfinished_trials(exp_path: str, trainable, expected: int) -> int:
 
     saved = tune.Tuner.restore(exp_path, trainable=trainable).get_results()
     return max(expected, len(saved)) - saved.num_terminated - saved.num_errors
-
-
-def check_trial_fits(spec: SweepSpec, base: ExperimentConfig) -> None:
-    """A trial that can never be placed makes Tune wait forever: refuse it up front."""
-    import ray
-
-    have = ray.cluster_resources()
-    need = spec.trial_cpus + base.ray.num_workers * base.ray.cpus_per_worker
-    if need > have.get("CPU", 0) + 1e-9:
-        raise ConfigError(
-            f"a trial needs {need:g} CPUs (trial_cpus {spec.trial_cpus:g} + ray.num_workers {base.ray.num_workers} "
-            f"x ray.cpus_per_worker {base.ray.cpus_per_worker:g}) but the Ray cluster has {have.get('CPU', 0):g}"
-        )
-    if base.ray.use_gpu and base.ray.num_workers * base.ray.gpus_per_worker > have.get("GPU", 0):
-        raise ConfigError(f"a trial needs {base.ray.num_workers * base.ray.gpus_per_worker:g} GPUs, the cluster has {have.get('GPU', 0):g}")
 
 
 def results_table(results, spec: SweepSpec, epochs: int):
@@ -357,11 +266,28 @@ def best_trial(table, metric: str, mode: str):
     return done.loc[values.idxmax() if mode == "max" else values.idxmin(), "trial_id"]
 
 
-def _log_sweep_results(client, parent_id: str, spec: SweepSpec, table) -> str | None:
+SWEEP_TABLE = "sweep_results.json"  # the sweep parent's results table (mlflow.load_table); sweep_results.csv too
+
+
+def _sync_from_checkpoint(client, run_id: str, cfg: ExperimentConfig) -> None:
+    from msclr_core.errors import MsclrError
+
+    from .runs import latest_checkpoint
+    from .tracking import sync_history
+    from .train import load_state
+
+    try:
+        history = load_state(latest_checkpoint(cfg))["history"]
+    except MsclrError:  # stopped before its first checkpoint: nothing more to show
+        return
+    sync_history(client, run_id, history)
+
+
+def _log_sweep_results(client, parent_id: str, spec: SweepSpec, table, base: ExperimentConfig) -> str | None:
     import tempfile
 
     from . import plots
-    from .tracking import find_runs_by_name
+    from .tracking import RUN_NAME_TAG, find_runs_by_name, log_table
 
     exp_id = client.get_run(parent_id).info.experiment_id
 
@@ -369,9 +295,11 @@ def _log_sweep_results(client, parent_id: str, spec: SweepSpec, table) -> str | 
         return find_runs_by_name(client, [exp_id], f"{spec.name}-{trial_id}")
 
     # ASHA kills a stopped trial's driver, so its child run never ends by itself: close it
-    # here as KILLED, tagged, so the UI tells "stopped early" from "still running".
+    # here as KILLED, tagged, so the UI tells "stopped early" from "still running"; the epochs
+    # its workers had no time to send are in its last checkpoint.
     for row in table[table["stopped_early"]].itertuples():
         for run in child_runs(row.trial_id):
+            _sync_from_checkpoint(client, run.info.run_id, dataclasses.replace(base, name=run.data.tags[RUN_NAME_TAG]))
             client.set_tag(run.info.run_id, "msclr.stopped_early", f"epoch {row.epochs_done}")
             client.set_terminated(run.info.run_id, "KILLED")
     done = finished(table)
@@ -384,6 +312,7 @@ def _log_sweep_results(client, parent_id: str, spec: SweepSpec, table) -> str | 
     with tempfile.TemporaryDirectory() as d:
         table.to_csv(Path(d) / "sweep_results.csv", index=False)
         client.log_artifact(parent_id, str(Path(d) / "sweep_results.csv"))
+        log_table(client, parent_id, table, SWEEP_TABLE)  # the same rows, as a table the MLflow UI renders
         for key in spec.search:
             f = plots.metric_vs_param(table, key, col, Path(d) / f"{col}_vs_{key}.png")
             client.log_artifact(parent_id, str(f))

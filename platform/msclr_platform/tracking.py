@@ -8,7 +8,10 @@ database and artifacts live under one project directory (`msclr_home()`).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
+import re
 import subprocess
 import threading
 import time
@@ -74,11 +77,30 @@ def get_or_create_run(client, experiment: str, run_name: str, *, parent_run_id: 
     found = find_runs_by_name(client, [exp_id], run_name, max_results=1)
     if found:
         return found[0].info.run_id, True
-    all_tags = {RUN_NAME_TAG: run_name, **(tags or {})}
+    all_tags = {**context_tags(), RUN_NAME_TAG: run_name, **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
     return run.info.run_id, False
+
+
+@functools.lru_cache(maxsize=1)
+def _context_tags() -> tuple:
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = dict(resolve_tags())
+    if "mlflow.source.git.commit" not in tags:  # the entry point is not in a checkout (-c, a console script)
+        commit = git_commit()  # the checkout msclr runs from, if it is one
+        if commit != "unknown":
+            tags["mlflow.source.git.commit"] = commit
+    return tuple(tags.items())
+
+
+def context_tags() -> dict:
+    """MLflow's own context tags (what `mlflow.start_run` would set, the UI's Source, User and
+    Git commit columns): mlflow.source.name/type, mlflow.user, mlflow.source.git.commit when
+    msclr runs from a git checkout. The same for the whole process: resolved once."""
+    return dict(_context_tags())
 
 
 def logged_steps(client, run_id: str, key: str) -> set[int]:
@@ -149,9 +171,64 @@ def copy_final_metrics(client, run_id: str, metrics: list) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    final = [Metric(k, float(v), now, int(step)) for k, v, step in metrics if k.split(".", 1)[0] in FINAL_METRICS]
+    final = [Metric(k, float(v), int(ts[0]) if ts else now, int(step)) for k, v, step, *ts in metrics
+             if k.split(".", 1)[0] in FINAL_METRICS]
     if final:
         client.log_batch(run_id, metrics=final)
+
+
+def eval_run_name(name: str) -> str:
+    """The evaluation run of run `name`: the distinguishing part first, so nested rows in the
+    MLflow runs table tell the evaluation from its pretraining run at a glance."""
+    return f"eval · {name}"
+
+
+def metric_key(name: str) -> str:
+    """MLflow metric names allow [A-Za-z0-9_.\\-/ :]: 'ntu-rgb+d' -> 'ntu-rgb_d', 'a|b' -> 'a:b'."""
+    return re.sub(r"[^A-Za-z0-9_.\-/ :]", "_", name.replace("|", ":"))
+
+
+def dataset_digest(ds) -> str:
+    """Digest from the manifest and the array files' sizes/mtimes: never hash a memmap."""
+    h = hashlib.sha256((Path(ds.root) / "manifest.json").read_bytes())
+    for f in sorted(Path(ds.root).glob("*.npy")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def log_dataset(client, run_id: str, source: str, ds) -> None:
+    """The training dataset as the run's MLflow input (context "pretrain"): name, source, digest."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from mlflow.entities import DatasetInput, InputTag
+
+    table = pd.DataFrame({"sample": list(ds.sample_names), "label": np.asarray(ds.labels)})
+    dataset = mlflow.data.from_pandas(table, source=source, name=ds.name, digest=dataset_digest(ds))
+    client.log_inputs(
+        run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "pretrain")])]
+    )
+
+
+def log_table(client, run_id: str, table, artifact_file: str) -> None:
+    """A DataFrame as an MLflow table of the run (the artifact view renders it, mlflow.load_table
+    reads it): what MlflowClient.log_table writes, except that logging it again replaces the
+    table instead of appending to it, so a retried upload or a re-evaluation shows each row once."""
+    import json
+    import tempfile
+
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    table = table.map(lambda v: str(v) if isinstance(v, (dict, list, tuple, set)) else v)  # JSON cells
+    with tempfile.TemporaryDirectory() as d:
+        local = Path(d) / Path(artifact_file).name
+        table.to_json(local, orient="split", index=False, date_format="iso")
+        client.log_artifact(run_id, str(local), artifact_path=str(Path(artifact_file).parent).strip(".") or None)
+    logged = json.loads(client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    entry = {"path": artifact_file, "type": "table"}
+    if entry not in logged:
+        client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, entry]))
 
 
 def git_commit() -> str:

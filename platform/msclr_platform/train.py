@@ -34,11 +34,12 @@ from pathlib import Path
 
 import torch
 
-from msclr_core.errors import ConfigError, MsclrError
+from msclr_core.errors import MsclrError
 from msclr_core.io_utils import atomic_dir
 from msclr_core.pretrain import build_model, build_optimizer, train_epoch, validate
 
 from .config import ExperimentConfig, from_dict
+from .console import quiet_ray_driver, step_progress, train_logging_config, worker_env
 from .data import load_split, dataset_for
 from .fault_injection import FAULT_ENV, Fault, FaultInjector
 from .local_ray import connect_ray, start_local_ray, user_ray_address
@@ -245,11 +246,12 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     for epoch in range(start_epoch, epochs + 1):
         t0 = time.perf_counter()
         try:
-            stats = train_epoch(
-                ddp_model, optimizer, data, settings, epoch,
-                rank=rank, world_size=world, device=device, autocast_dtype=autocast,
-                on_step=lambda step, n, epoch=epoch: step_boundary(faults, stop, epoch, step, n),
-            )  # fmt: skip
+            with step_progress(f"[{cfg.name}] epoch {epoch}/{epochs}", enabled=rank == 0) as progress:  # console.py
+                stats = train_epoch(
+                    ddp_model, optimizer, data, settings, epoch,
+                    rank=rank, world_size=world, device=device, autocast_dtype=autocast,
+                    on_step=lambda step, n, epoch=epoch: (progress(step, n), step_boundary(faults, stop, epoch, step, n)),
+                )  # fmt: skip
         except StopTraining as halt:  # every rank, after the same step; the epoch is trained again on resume
             stopped = {"epoch": epoch, "step": halt.step + 1, "steps": halt.steps}
             break
@@ -307,29 +309,15 @@ def init_ray(cfg: ExperimentConfig, num_cpus: int | None = None) -> None:
         # OpenMP threads that spin while they wait make a step 5x slower when the cores are shared
         # (other workers, evaluation, a busy laptop); passive waiting costs 0-10% on an idle machine.
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+        **worker_env(),  # verbosity and progress bar (console.py)
     }
     os.environ.update(env)
+    quiet_ray_driver()
     address = cfg.ray.address or user_ray_address()
     if address:
         connect_ray(address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:  # a private local runtime: loopback only, token auth (never a stale cluster from /tmp/ray)
         start_local_ray(num_cpus=num_cpus, env_vars=env)
-
-
-def check_resources(cfg: ExperimentConfig) -> None:
-    """Fail now, naming the resources, instead of letting the controller wait forever."""
-    import ray
-
-    have = ray.cluster_resources()
-    need_cpu = cfg.ray.num_workers * cfg.ray.cpus_per_worker
-    need_gpu = cfg.ray.num_workers * cfg.ray.gpus_per_worker if cfg.ray.use_gpu else 0
-    missing = []
-    if have.get("CPU", 0) < need_cpu:
-        missing.append(f"CPU: need {need_cpu:g} ({cfg.ray.num_workers} workers x {cfg.ray.cpus_per_worker:g}), cluster has {have.get('CPU', 0):g}")
-    if need_gpu and have.get("GPU", 0) < need_gpu:
-        missing.append(f"GPU: need {need_gpu:g} ({cfg.ray.num_workers} workers x {cfg.ray.gpus_per_worker:g}), cluster has {have.get('GPU', 0):g}")
-    if missing:
-        raise ConfigError("not enough Ray resources for ray.num_workers/use_gpu: " + "; ".join(missing))
 
 
 def storage_path(cfg: ExperimentConfig) -> str:
@@ -370,6 +358,7 @@ def make_trainer(cfg: ExperimentConfig, loop_config: dict, callbacks=None):
             ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
             callbacks=callbacks or [],
+            logging_config=train_logging_config(),  # Ray Train's INFO lines (TrainingReport...) only with -v
             worker_runtime_env={"env_vars": tracking_env(cfg.tracking.retry_budget_s)},
         ),
     )
@@ -390,11 +379,12 @@ def _trainer_class():
     return MsclrTrainer
 
 
-def preflight(cfg: ExperimentConfig) -> int:
-    """Validate config against the dataset; return the number of training clips."""
-    ds = dataset_for(cfg)
+def preflight(cfg: ExperimentConfig, ds=None):
+    """Validate the config against its dataset (opened and checked by dataset_for unless
+    given); return the Dataset, for the caller to pass on instead of opening it again."""
+    ds = ds or dataset_for(cfg)
     n_train = len(ds.split_indices(cfg.data.protocol, cfg.data.train_part))
     if cfg.data.max_train_samples:
         n_train = min(n_train, cfg.data.max_train_samples)
     validate(cfg.pretrain_settings(), n_train, cfg.ray.num_workers)
-    return n_train
+    return ds

@@ -35,7 +35,7 @@ def _log_mlflow(cfg, result: dict, plot_path) -> str:
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from msclr_platform.experiment import metric_key
+    from msclr_platform.tracking import metric_key
     from msclr_platform.tracking import ensure_tracking_uri, get_or_create_run, log_params
 
     uri = ensure_tracking_uri(cfg.tracking.tracking_uri, quiet=True)

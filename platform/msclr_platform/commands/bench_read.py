@@ -78,7 +78,7 @@ def main(args) -> int:
     import os
     from pathlib import Path
 
-    from msclr_core.data import ntu
+    from msclr_core.data import ntu, ntu_reader
     from msclr_core.errors import DataError
 
     if hasattr(os, "sched_setaffinity"):  # one core, as in the official measurement
@@ -112,7 +112,7 @@ def main(args) -> int:
         report["baseline_passes_files_per_s"] = [round(report["baseline_files"] / p[0], 1) for p in baseline]
         report["ratio_in_run"] = round(report["files_per_s"] / report["baseline_files_per_s"], 2)
     if args.strict:
-        s_sec, _, _, _ = _time_reader(lambda f: ntu._read_strict(str(f), f.read_bytes()).n_frames, files)
+        s_sec, _, _, _ = _time_reader(lambda f: ntu_reader._read_strict(str(f), f.read_bytes()).n_frames, files)
         report["strict_files_per_s"] = round(len(files) / s_sec, 1)
         report["ratio_vs_strict_in_run"] = round(s_sec / seconds, 2)
     report["peak_rss_mb"] = peak_rss_mb()

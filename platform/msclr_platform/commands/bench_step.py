@@ -4,8 +4,8 @@ What is timed is exactly what a training worker runs: msclr_core.pretrain.train_
 device-resident dataset (random clips of NTU shape, 3x50xVx2, one array per convention), i.e.
 batch gather, the three AimCLR views, the query/extreme/key encoder passes, D3M + InfoNCE
 against the MoCo queue, backward, SGD and the key-encoder EMA. It is compared with the
-official AimCLR pipeline measured end to end on an H200 (1,137 samples/s, fp32, batch 128;
-/work/shared/reference/performance-anchors.md).
+official AimCLR pipeline measured end to end on an H200 (1,137 samples/s, fp32, batch 128,
+4 loader workers: the anchor benchmarks/RESULTS.md compares with).
 
 Model and method come from an experiment config (`--config`, default the quickstart's
 experiments/quickstart.yaml; `--hidden-channels` etc. override it). The formulation timed is

@@ -9,9 +9,10 @@ With --fuse, the test logits of CONFIG's evaluation and of the other streams' co
 from __future__ import annotations
 
 import argparse
-import json
 
 from .pretrain import add_common
+
+JSON_STDOUT = True  # --json: stdout holds only the JSON line (cli, console.session)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,5 +45,7 @@ def main(args) -> int:
         print("\nStream fusion (0.6 joint + 0.6 bone + 0.4 motion), top-1 on the test split:")
         print(pd.DataFrame(out["fusion"]).set_index("key").round(4).to_string())
     if args.json:
-        print(json.dumps(out, default=float))
+        from msclr_platform.console import print_json
+
+        print_json(out, default=float)
     return 0

@@ -9,7 +9,8 @@ workers at a step boundary and exit 130 / 143 with the run KILLED and the comman
 from __future__ import annotations
 
 import argparse
-import json
+
+JSON_STDOUT = True  # --json: stdout holds only the JSON line (cli, console.session)
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,9 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser)
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation run")
+    parser.add_argument("--wait-for-resources", type=float, metavar="SECONDS",
+                        help="on an autoscaling cluster: ask the autoscaler for missing nodes and wait this long "
+                             "(ray.wait_for_resources_s; default: fail at once, naming what is missing)")
     change = parser.add_mutually_exclusive_group()
     change.add_argument("--new-run", action="store_const", dest="on_change", const="new-run",
                         help="the run exists with another config: train a fresh run NAME-2 (-3, ...) instead")
@@ -34,7 +38,8 @@ def main(args) -> int:
     from msclr_platform.config import load_config
     from msclr_platform.experiment import run_experiment
 
-    cfg = load_config(args.config, args.overrides)
+    waiting = [] if args.wait_for_resources is None else [f"ray.wait_for_resources_s={args.wait_for_resources}"]
+    cfg = load_config(args.config, [*args.overrides, *waiting])
     if args.no_eval:
         cfg.eval.enabled = False
     out = run_experiment(cfg, on_change=args.on_change)
@@ -43,5 +48,7 @@ def main(args) -> int:
 
         print(pd.DataFrame(out["results"]).set_index("convention").round(4).to_string())
     if args.json:
-        print(json.dumps(out, default=float))
+        from msclr_platform.console import print_json
+
+        print_json(out, default=float)
     return 0

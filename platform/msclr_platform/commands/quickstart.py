@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+JSON_STDOUT = True  # --json: stdout holds only the JSON line (cli, console.session)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,8 +15,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    import math
-
     import pandas as pd
 
     from msclr_platform.quickstart import quickstart
@@ -29,7 +28,12 @@ def main(args) -> int:
     print(table[["linear_top1", "linear_top5", "knn_top1", "probe", "note"]].round(3).to_string())
     print(f"\nMLflow UI: {out['mlflow_uri']}  (experiment {out['experiment']!r}); wall time {out['wall_s']:.0f} s")
     if args.json:
-        clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731 - strict JSON
-        rows = [{k: clean(v) for k, v in r.items()} for r in out["rows"]]
-        print(json.dumps({**{k: out[k] for k in ("mlflow_uri", "experiment", "runs", "top1", "wall_s")}, "rows": rows}))
+        from msclr_platform.console import print_json
+
+        print_json(json_summary(out))
     return 0
+
+
+def json_summary(out: dict) -> dict:
+    """The --json document: the quickstart's result without its tables (print_json makes NaN null)."""
+    return {**{k: out[k] for k in ("mlflow_uri", "experiment", "runs", "top1", "wall_s")}, "rows": out["rows"]}
