@@ -59,7 +59,8 @@ def test_encoder_is_a_logged_model_and_the_run_stays_open(tmp_path, views_datase
     from msclr_platform.config import flatten
     from msclr_platform.data import dataset_for
     from msclr_platform.evaluate import encoder_from_state
-    from msclr_platform.experiment import log_encoder, write_pretrain_artifacts
+    from msclr_platform.experiment import write_pretrain_artifacts
+    from msclr_platform.logged_model import log_encoder
     from msclr_platform.logged_model import MODEL_TAG, ClipEncoder
     from msclr_platform.offline import tracking_client, upload_pretrain
     from msclr_platform.tracking import log_config_params

@@ -202,6 +202,7 @@ def _stop_interrupted(client, run_id: str, cfg: ExperimentConfig, state: dict | 
 def _finish_pretrain(client, run_id: str, cfg: ExperimentConfig, state: dict, checkpoint: str, ds) -> PretrainResult:
     """Log the run's end (history, encoder, plots) and close it FINISHED; during an outage
     that outlasts the budget, keep them in the fallback directory and raise TrackingUnavailable."""
+    from .logged_model import log_encoder
     from .train import run_directory
 
     result = PretrainResult(run_id, checkpoint, state["history"], state["model"], cfg, ds)
@@ -216,28 +217,6 @@ def _finish_pretrain(client, run_id: str, cfg: ExperimentConfig, state: dict, ch
             save_pretrain(fallback, run_meta(cfg), run_id, state["history"], files, "FINISHED")
             raise offline_error(str(err), result, fallback, "the final encoder, plots and epoch history") from None
     return result
-
-
-def log_encoder(client, run_id: str, cfg: ExperimentConfig, state: dict, ds, step: int):
-    """The encoder of `state` (a checkpoint's: model, history) as the run's MLflow model
-    "encoder" (logged_model.py). An outage raises
-    TrackingUnavailable (the fallback keeps encoder_q.pt; `msclr runs sync` does not log the
-    model); any other failure only warns: the weights are logged as encoder_q.pt all the same."""
-    from .logged_model import log_encoder_model
-
-    try:
-        return log_encoder_model(client, run_id, cfg, state["model"], ds, step=step)
-    except TrackingUnavailable:
-        raise
-    except Exception as err:  # noqa: BLE001 - a convenience copy of encoder_q.pt: never fail the run for it
-        print(f"WARNING: the encoder was not logged as an MLflow model: {type(err).__name__}: {err}", flush=True)
-        try:
-            client.set_tag(run_id, "msclr.model_error", f"{type(err).__name__}: {err}"[:500])
-        except TrackingUnavailable:
-            raise
-        except Exception:  # noqa: BLE001
-            pass
-        return None
 
 
 def run_meta(cfg: ExperimentConfig) -> dict:

@@ -30,6 +30,7 @@ of letting Ray write a world-readable ~/.ray/auth_token.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import sys
@@ -44,6 +45,15 @@ def user_ray_address() -> str | None:
     """RAY_ADDRESS as the user set it (ignoring the one we exported for our runtime)."""
     address = os.environ.get("RAY_ADDRESS")
     return address if address and address != _exported else None
+
+
+def job_env_vars() -> dict:
+    """The env_vars of the runtime env `ray job submit` gave this driver ({} outside a job)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray's job manager for the entrypoint
+    try:
+        return dict(((json.loads(raw) if raw else {}).get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError, TypeError):
+        return {}
 
 
 def token_path() -> Path | None:

@@ -123,3 +123,25 @@ def log_encoder_model(client, run_id: str, cfg, state: dict, ds, step: int = 0):
     info = client.call(log) if hasattr(client, "call") else log()
     client.set_tag(run_id, MODEL_TAG, info.model_uri)
     return info
+
+
+def log_encoder(client, run_id: str, cfg, state: dict, ds, step: int):
+    """The encoder of `state` (a checkpoint's: model, history) as the run's MLflow model
+    "encoder" (logged_model.py). An outage raises
+    TrackingUnavailable (the fallback keeps encoder_q.pt; `msclr runs sync` does not log the
+    model); any other failure only warns: the weights are logged as encoder_q.pt all the same."""
+    from .offline import TrackingUnavailable
+
+    try:
+        return log_encoder_model(client, run_id, cfg, state["model"], ds, step=step)
+    except TrackingUnavailable:
+        raise
+    except Exception as err:  # noqa: BLE001 - a convenience copy of encoder_q.pt: never fail the run for it
+        print(f"WARNING: the encoder was not logged as an MLflow model: {type(err).__name__}: {err}", flush=True)
+        try:
+            client.set_tag(run_id, "msclr.model_error", f"{type(err).__name__}: {err}"[:500])
+        except TrackingUnavailable:
+            raise
+        except Exception:  # noqa: BLE001
+            pass
+        return None

@@ -42,7 +42,7 @@ from .config import ExperimentConfig, from_dict
 from .console import quiet_ray_driver, step_progress, train_logging_config, worker_env
 from .data import load_split, dataset_for
 from .fault_injection import FAULT_ENV, Fault, FaultInjector
-from .local_ray import connect_ray, start_local_ray, user_ray_address
+from .local_ray import connect_ray, job_env_vars, start_local_ray, user_ray_address
 from .lifecycle import StopCheck, StopTraining
 from .offline import tracking_env
 from .tracking import MetricLogger, msclr_home
@@ -222,6 +222,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = _device(cfg)
     run_dir = loop_config["run_dir"]
+    # The project's one test seam (fault_injection.py): inert unless a test sets MSCLR_FAULT_INJECT.
     fault = Fault.parse(loop_config.get("fault")) if rank == 0 else None
     faults = FaultInjector(fault, run_dir, loop_config.get("driver_pid", 0))
 
@@ -315,6 +316,12 @@ def init_ray(cfg: ExperimentConfig, num_cpus: int | None = None) -> None:
     quiet_ray_driver()
     address = cfg.ray.address or user_ray_address()
     if address:
+        # Ray's own actors (Train's placement-group cleaner, its state actor) look the cluster
+        # up without an address: tell them. Keys the submitted job's runtime env already sets
+        # stay the job's (Ray refuses to merge a key set twice: ray-project/ray#39208).
+        concrete = {"RAY_ADDRESS": address} if address != "auto" and "://" not in address else {}
+        job = job_env_vars()
+        env = {k: v for k, v in {**env, **concrete}.items() if k not in job}
         connect_ray(address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:  # a private local runtime: loopback only, token auth (never a stale cluster from /tmp/ray)
         start_local_ray(num_cpus=num_cpus, env_vars=env)
