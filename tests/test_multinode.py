@@ -272,3 +272,35 @@ def test_job_ships_code_to_nodes_without_msclr(tmp_path, synth_data, bare_python
     run = pretrain_run(client, name)
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+
+
+def test_job_waits_for_a_node_that_joins_later(tmp_path, synth_data, mlflow_server, msclr_home):
+    """An autoscaling cluster, played by hand: the head alone cannot place two STRICT_SPREAD
+    workers. With --wait-for-resources the job asks for them (request_resources, a no-op
+    without an autoscaler) and waits; a node that joins meanwhile lets it run. (Without a wait
+    the same job fails at once: tests/test_platform_pretrain.py.)"""
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "nodes").mkdir()
+    nodes = RayNodes(tmp_path / "nodes", sys.executable, path_dirs=[str(BIN)])
+    try:
+        nodes.start_head(num_cpus=2)
+        name = f"mn-wait-{secrets.token_hex(3)}"
+        job_id = submit_pretrain(nodes, write_config(tmp_path, synth_data, name), mlflow_server, msclr_home,
+                                 "--no-eval", "--wait-for-resources", "300")  # fmt: skip
+        joined = {}
+
+        def add_node_once_waiting():
+            if not joined and "waiting for the autoscaler" in nodes.job_logs(job_id):
+                joined["logs"] = nodes.job_logs(job_id)
+                nodes.add_worker("late", num_cpus=2)
+
+        logs = finish_job(nodes, job_id, tmp_path, timeout_s=500, on_poll=add_node_once_waiting)
+        assert joined, "the job never waited: it found two nodes' worth of resources on one node"
+        assert "nodes: STRICT_SPREAD needs 2 nodes" in joined["logs"]  # says what it waits for
+        assert "the cluster has the resources" in logs
+        assert sorted(placement(train_attempts(nodes, name)[0], nodes).values()) == ["head", "late"]
+        run = pretrain_run(MlflowClient(mlflow_server), name)
+        assert run.info.status == "FINISHED" and run.data.params["ray.wait_for_resources_s"] == "300.0"
+    finally:
+        nodes.stop()
