@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 
 import torch
@@ -73,6 +74,17 @@ def model_metadata(cfg) -> dict:
 
 
 @contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def tracking_uri(uri: str):
     """MLflow's fluent API on `uri` for a while, then the URI and MLFLOW_TRACKING_URI as they were
     (MLflow's own _use_tracking_uri unsets the variable when no URI had been set)."""
@@ -106,7 +118,8 @@ def log_encoder_model(client, run_id: str, cfg, state: dict, ds, step: int = 0):
 
     def log():
         run = client.get_run(run_id)
-        with tracking_uri(client.tracking_uri):  # the run's server, whatever the process-wide default
+        # chosen on purpose (below): MLflow's warning about pickle would only say so on every run
+        with tracking_uri(client.tracking_uri), _quiet_logger("mlflow.pytorch"):  # the run's server
             # created here, not by Model.log: it would file the model under the fluent default
             # experiment, not the run's
             tags = {"msclr.run_name": cfg.name, "conventions": ",".join(cfg.conventions), "stream": cfg.stream}
