@@ -54,12 +54,10 @@ class PretrainResult:
 @dataclass
 class Hooks:
     """How a caller that is not `msclr pretrain` joins the one pretraining path: a sweep
-    trial adds its tags (msclr.kind "trial", trial_id) and Tune's report callback, and the
-    dataset its driver already opened."""
+    trial adds its tags (msclr.kind "trial", trial_id) and Tune's report callback."""
 
     tags: dict = dataclasses.field(default_factory=dict)  # on the MLflow run (msclr.kind overrides "pretrain")
     callbacks: list = dataclasses.field(default_factory=list)  # Ray Train callbacks (TuneReportCallback)
-    dataset: object = None  # the opened, checked Dataset (None: open it here)
 
 
 def run_pretrain(cfg: ExperimentConfig, *, parent_run_id: str | None = None, quiet: bool = False,
@@ -78,7 +76,7 @@ def _run_pretrain(cfg: ExperimentConfig, guard, *, parent_run_id, quiet, on_chan
     from .resources import check_resources
     from .train import init_ray, make_trainer, preflight
 
-    ds = preflight(cfg, hooks.dataset)  # the dataset (NaN/inf, consistency) against the config: before any server
+    ds = preflight(cfg)  # the dataset (NaN/inf, consistency) against the config: before any server
     uri = ensure_tracking_uri(cfg.tracking.tracking_uri, quiet=quiet)
     check_reachable(uri)  # before any compute
     client = tracking_client(uri, cfg.tracking.retry_budget_s)
