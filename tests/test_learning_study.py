@@ -73,9 +73,10 @@ def test_ab_mode_trains_only_msclr_and_reads_the_initial_encoder(tmp_path, msclr
     sets = ["model.num_blocks=2", "model.hidden_dim=16", "optim.batch_size=32", "method.queue_size=128",
             "eval.knn_k=5", "optim.convention_lr_mult=2.0"]
     argv = ["bench", "learning", "--clips", "240", "--budgets", "0", "1", "--seeds", "1", "--models", "msclr",
-            "--no-references", "--no-mlflow", "--out", str(out)] + [a for s in sets for a in ("--set", s)]
+            "--no-references", "--no-mlflow", "--split", "val", "--out", str(out)] + [a for s in sets for a in ("--set", s)]
     assert main(argv) == 0
     result = json.loads(out.read_text())
+    assert result["split"] == "xsub_val.val"
     assert [(p["model"], p["epochs"]) for p in result["points"]] == [("msclr", 0), ("msclr", 1)]
     assert result["points"][0]["steps"] == 0 and result["points"][1]["steps"] >= 1
     assert result["references"] == {"raw": [], "random-init": [], "supervised": []}
@@ -83,3 +84,44 @@ def test_ab_mode_trains_only_msclr_and_reads_the_initial_encoder(tmp_path, msclr
     init, trained = result["points"]
     assert init["loss"] is None and trained["loss"] > 0
     assert init["bn_shift.ntu-rgb+d"] != trained["bn_shift.ntu-rgb+d"]  # training moved the BN statistics
+
+
+def test_select_on_val_trains_without_the_val_subjects_and_never_reads_test(tmp_path):
+    """`--split val`: pretraining and probe fit on train minus the held-out subjects, the
+    reported accuracy on those subjects; no test clip is loaded."""
+    import numpy as np
+
+    from msclr_core.data.dataset import load_dataset
+    from msclr_platform.config import load_config
+    from msclr_platform.evaluate import load_eval_data
+    from msclr_platform.learning import select_on_val
+    from msclr_platform.quickstart import DEFAULT_CONFIG, ensure_synth_dataset
+
+    root = tmp_path / "synth"
+    ensure_synth_dataset(root, 240, conventions=["ntu-rgb+d", "smplx_42"])
+    cfg = select_on_val(load_config(DEFAULT_CONFIG, [f"data.path={root}"]))
+    assert (cfg.data.protocol, cfg.data.test_part) == ("xsub_val", "val")
+    ds = load_dataset(root)
+    data, labels, _ = load_eval_data(cfg)
+    parts = ds.splits["xsub_val"]
+    assert sorted(data) == ["test", "train"]  # "test" holds the val clips
+    assert np.array_equal(labels["test"], ds.labels[parts["val"]])
+    assert np.array_equal(data["test"]["ntu-rgb+d"], ds.array("ntu-rgb+d")[parts["val"]])
+    assert len(labels["train"]) == len(parts["train"]) < len(ds.splits["xsub"]["train"])
+    assert select_on_val(cfg).data.protocol == "xsub_val"  # idempotent
+
+
+def test_stale_synth_cache_without_the_val_protocol_is_rewritten(tmp_path):
+    import json
+
+    from msclr_platform.quickstart import ensure_synth_dataset
+
+    root = tmp_path / "synth"
+    ensure_synth_dataset(root, 240, conventions=["ntu-rgb+d"])
+    manifest = json.loads((root / "manifest.json").read_text())
+    del manifest["splits"]["xsub_val"]  # as written before the *_val protocols existed
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    ensure_synth_dataset(root, 240, conventions=["ntu-rgb+d"], protocol="xsub")  # has xsub: kept
+    assert "xsub_val" not in json.loads((root / "manifest.json").read_text())["splits"]
+    ensure_synth_dataset(root, 240, conventions=["ntu-rgb+d"], protocol="xsub_val")
+    assert "xsub_val" in json.loads((root / "manifest.json").read_text())["splits"]

@@ -106,6 +106,20 @@ def test_splits_disjoint_covering_and_by_subject_and_camera(small):
     assert (np.isin(partner[two], list(synth.XSUB_TRAIN)) == np.isin(subject[two], list(synth.XSUB_TRAIN))).all()
 
 
+def test_val_protocols_hold_out_training_subjects_and_keep_the_test_part():
+    data = synth.generate(600, seed=2, conventions=("ntu-rgb+d",))
+    subject = np.array(data.meta["subject"])
+    for proto in ("xsub", "xview"):
+        parts = data.splits[f"{proto}_val"]
+        assert sorted(parts) == ["test", "train", "val"] and all(len(v) for v in parts.values())
+        assert np.array_equal(parts["test"], data.splits[proto]["test"])  # the test part is unchanged
+        assert np.array_equal(np.sort(np.concatenate([parts["train"], parts["val"]])), data.splits[proto]["train"])
+        assert not set(subject[parts["val"]]) & set(subject[parts["train"]])  # subject-disjoint
+    assert set(subject[data.splits["xsub_val"]["val"]]) <= synth.XSUB_TRAIN
+    tiny = synth.generate(48, seed=3, conventions=("ntu-rgb+d",), subjects=3)  # too few subjects for a val part
+    assert sorted(tiny.splits) == ["xsub", "xview"]
+
+
 def test_conventions_share_the_motion_but_not_the_placement(small):
     pairs = [(("ntu-rgb+d", "L-wrist"), ("h36m_17", "lwri")), (("ntu-rgb+d", "R-ankle"), ("smpl_24", "rank")),
              (("ntu-rgb+d", "head"), ("h36m_17", "head"))]

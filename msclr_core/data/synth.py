@@ -13,7 +13,8 @@ relative to person 1's convention centre joint averaged over the clip (so jumps,
 and the two persons' relative position stay visible). A single-person clip has an
 all-zero person 2, as in NTU. "left"/"right" in class names mean the actor's own side.
 Splits: `xsub` (NTU-120 xsub training subject IDs vs the rest) and `xview` (camera 1
-is the test camera). Only 3-D conventions can be rendered (openpose_25 is 2-D pixels).
+is the test camera); `xsub_val` / `xview_val` add a subject-disjoint `val` part taken out of
+train, for choosing settings without touching the test part. Only 3-D conventions can be rendered (openpose_25 is 2-D pixels).
 
 Difficulty (seed 0, 10,000 clips, chance 1/17 = 5.9 %): a closed-form one-vs-all ridge
 classifier on all 7,500 raw ntu-rgb+d coordinates (`ridge_top1`, l2=1) reaches 73.6 %
@@ -252,11 +253,21 @@ def _add_noise(x, spec: Noise, level: float, hands, rng) -> np.ndarray:
 
 
 def _split(labels_subject, labels_camera):
+    """`xsub` and `xview` (train / test), and for choosing settings without the test split,
+    `xsub_val` and `xview_val`: the same test part, with every fifth training subject (the
+    3rd, 8th, ...) moved from train to a subject-disjoint `val` part. Added only when each
+    of their parts has clips (tiny test datasets may have too few subjects)."""
     xsub_train = np.isin(labels_subject, list(XSUB_TRAIN))
     view_train = labels_camera != 1
     idx = np.arange(len(labels_subject))
-    return {"xsub": {"train": idx[xsub_train], "test": idx[~xsub_train]},
-            "xview": {"train": idx[view_train], "test": idx[~view_train]}}
+    splits = {"xsub": {"train": idx[xsub_train], "test": idx[~xsub_train]},
+              "xview": {"train": idx[view_train], "test": idx[~view_train]}}
+    val_subject = np.isin(labels_subject, sorted(set(labels_subject[xsub_train].tolist()))[2::5])
+    for proto, train in (("xsub", xsub_train), ("xview", view_train)):
+        parts = {"train": idx[train & ~val_subject], "val": idx[train & val_subject], "test": idx[~train]}
+        if all(len(v) for v in parts.values()):
+            splits[f"{proto}_val"] = parts
+    return splits
 
 
 def generate(clips: int = 2000, seed: int = 0, conventions=DEFAULT_CONVENTIONS, *, frames: int = 50,

@@ -94,6 +94,14 @@ def run_study(cfg: ExperimentConfig, data: dict, labels: dict, num_classes: int,
             "budgets": budgets, "seeds": seeds, "conventions": list(cfg.conventions)}
 
 
+def select_on_val(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The study for choosing settings: protocol P becomes P_val (train minus the held-out
+    subjects), and its `val` part is evaluated in place of the test part, which no step of
+    the study then reads. Settings chosen this way are reported on the test part afterwards."""
+    protocol = cfg.data.protocol if cfg.data.protocol.endswith("_val") else f"{cfg.data.protocol}_val"
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, protocol=protocol, test_part="val", val_part=None))
+
+
 def _seed_references(refs: dict, base: ExperimentConfig, data, labels, num_classes, ev, train) -> None:
     """The random-init and supervised references of one seed (same split and probe)."""
     conv, stream = base.conventions[0], base.stream

@@ -24,12 +24,18 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "experiments" / "quickstart.yaml"
 
 
-def ensure_synth_dataset(path: Path, clips: int, seed: int = 0, conventions=None) -> Path:
+def ensure_synth_dataset(path: Path, clips: int, seed: int = 0, conventions=None, protocol: str | None = None) -> Path:
+    """The cached synthetic benchmark at `path`, written if missing, or rewritten when it
+    lacks `protocol` (a cache from a version without the `*_val` protocols)."""
+    import json
+
     from msclr_core.data.synth import write_synth_dataset
 
-    if not (path / "manifest.json").exists():
+    manifest = path / "manifest.json"
+    stale = manifest.exists() and protocol and protocol not in json.loads(manifest.read_text()).get("splits", {})
+    if not manifest.exists() or stale:
         t0 = time.perf_counter()
-        write_synth_dataset(path, clips=clips, seed=seed, conventions=conventions)
+        write_synth_dataset(path, clips=clips, seed=seed, conventions=conventions, overwrite=bool(stale))
         print(f"synthetic benchmark: {clips} clips -> {path} ({time.perf_counter() - t0:.1f} s)", flush=True)
     return path
 

@@ -23,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which models to pretrain (an A/B of one setting needs only msclr)")
     parser.add_argument("--no-references", action="store_true",
                         help="skip the raw, random-init and supervised references (A/Bs)")
+    parser.add_argument("--split", choices=["test", "val"], default="test",
+                        help="val: pretrain on the config protocol's train subjects minus a held-out fifth "
+                             "and evaluate on those (PROTOCOL_val's val part); the test part is never read. "
+                             "Choose settings with val, report them with test")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     parser.add_argument("--plot", help="write the learning-curve PNG here")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -44,7 +48,7 @@ def _log_mlflow(cfg, result: dict, plot_path) -> str:
     parent, _ = get_or_create_run(client, cfg.tracking.experiment, f"learning-{tag}", tags={"msclr.kind": "learning"})
     try:
         log_params(client, parent, {"budgets": result["budgets"], "seeds": result["seeds"],
-                                    "conventions": result["conventions"]})
+                                    "conventions": result["conventions"], "split": result["split"]})
         for (model, seed) in sorted({(p["model"], p["seed"]) for p in result["points"]}):
             child, _ = get_or_create_run(client, cfg.tracking.experiment, f"learning-{tag}-{model}-seed{seed}",
                                          parent_run_id=parent, tags={"msclr.kind": "learning-point", "model": model})
@@ -74,17 +78,21 @@ def main(args) -> int:
 
     from msclr_platform.config import load_config
     from msclr_platform.evaluate import load_eval_data
-    from msclr_platform.learning import run_study
+    from msclr_platform.learning import run_study, select_on_val
     from msclr_platform.plots import learning_curves
     from msclr_platform.quickstart import DEFAULT_CONFIG, ensure_synth_dataset
     from msclr_platform.tracking import msclr_home
 
     data_dir = msclr_home() / "data" / f"quickstart-{args.clips}"
     cfg = load_config(args.config or DEFAULT_CONFIG, [f"data.path={data_dir}", *args.overrides])
-    ensure_synth_dataset(Path(cfg.data.path), args.clips, conventions=["ntu-rgb+d", "smplx_42", "smpl_24", "h36m_17"])
+    if args.split == "val":
+        cfg = select_on_val(cfg)
+    ensure_synth_dataset(Path(cfg.data.path), args.clips, conventions=["ntu-rgb+d", "smplx_42", "smpl_24", "h36m_17"],
+                         protocol=cfg.data.protocol)
     data, labels, k = load_eval_data(cfg)
     result = run_study(cfg, data, labels, k, budgets=args.budgets, seeds=list(range(args.seeds)),
                        models=tuple(args.models), references=not args.no_references)
+    result["split"] = f"{cfg.data.protocol}.{cfg.data.test_part}"
     if args.out:  # the measurements first: nothing after this may lose them
         from msclr_core.io_utils import atomic_write_text
 
@@ -98,6 +106,7 @@ def main(args) -> int:
     lines = [f"{r['epochs']:>4} ep: " + "  ".join(f"{n} {r[k]['mean']:.3f}±{r[k]['std']:.3f}"
                                                    for k, n in names.items() if k in r)
              + (f"  ({r['verdict']})" if "verdict" in r else "") for r in result["summary"]]
+    lines.insert(0, f"evaluated on {result['split']} (protocol.part)")
     ref = result["summary"][0]
     refs = [f"{n} {ref[n]['mean']:.3f}±{ref[n]['std']:.3f}" for n in ("raw", "random-init", "supervised") if ref.get(n)]
     if refs:
