@@ -125,3 +125,8 @@ def test_stale_synth_cache_without_the_val_protocol_is_rewritten(tmp_path):
     assert "xsub_val" not in json.loads((root / "manifest.json").read_text())["splits"]
     ensure_synth_dataset(root, 240, conventions=["ntu-rgb+d"], protocol="xsub_val")
     assert "xsub_val" in json.loads((root / "manifest.json").read_text())["splits"]
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["name"], manifest["splits"] = "my-mocap", {"style": manifest["splits"]["xsub"]}  # not the cache
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    ensure_synth_dataset(root, 240, conventions=["ntu-rgb+d"], protocol="style_val")  # never overwritten
+    assert json.loads((root / "manifest.json").read_text())["name"] == "my-mocap"

@@ -228,6 +228,10 @@ def test_real_bandai_import(real_mocap_dir, tmp_path):
 
     tr, te = ds.split_indices("style", "train"), ds.split_indices("style", "test")
     assert len(tr) == 110 and len(te) == 55
+    val = ds.splits["style_val"]  # two training styles held out for choosing settings; same test part
+    style = np.array(ds.meta["style"])
+    assert len(set(style[val["val"]])) == 2 and not set(style[val["val"]]) & set(style[val["train"]])
+    assert np.array_equal(np.sort(np.concatenate([val["train"], val["val"]])), tr) and np.array_equal(val["test"], te)
     acc = _ridge_accuracy(ntu[tr], ds.labels[tr], ntu[te], ds.labels[te], ds.num_classes)
     assert acc > 0.4, acc  # chance is 0.10; the README reports 0.78 for this recipe
 

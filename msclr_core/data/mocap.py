@@ -76,7 +76,8 @@ def import_real_mocap_npz(npz_path, out_dir, conventions=("ntu-rgb+d", "h36m_17"
     "ntu" and ~0.76 with "clip": walk / walk-back / walk-left differ mostly by trajectory).
 
     Splits: Bandai files ("style") get protocol "style": styles < test_styles_from train, the
-    rest test. CMU files ("subject") get protocol "subject": the highest subject id is the
+    rest test, and "style_val": the same with every fifth training style (the 3rd, 8th, ...)
+    held out as a `val` part for choosing settings. CMU files ("subject") get protocol "subject": the highest subject id is the
     test set. ntu-rgb+d uses the file's own ntu25 map; other conventions use JOINT_MAPS.
     """
     from msclr_core.conventions import get_convention
@@ -136,7 +137,12 @@ def import_real_mocap_npz(npz_path, out_dir, conventions=("ntu-rgb+d", "h36m_17"
     if "style" in d.files:
         style = d["style"].astype(np.int64)
         meta["style"] = [str(d["style_names"][s]) if "style_names" in d.files else int(s) for s in style]
-        splits["style"] = {"train": np.flatnonzero(style < test_styles_from), "test": np.flatnonzero(style >= test_styles_from)}
+        train, test = style < test_styles_from, style >= test_styles_from
+        splits["style"] = {"train": np.flatnonzero(train), "test": np.flatnonzero(test)}
+        val = np.isin(style, np.unique(style[train])[2::5])  # as the synthetic benchmark's *_val protocols
+        if (train & val).any() and (train & ~val).any() and test.any():
+            splits["style_val"] = {"train": np.flatnonzero(train & ~val), "val": np.flatnonzero(train & val),
+                                   "test": np.flatnonzero(test)}
     if "subject" in d.files:
         subject = d["subject"].astype(np.int64)
         meta["subject"] = [int(s) for s in subject]

@@ -25,14 +25,18 @@ DEFAULT_CONFIG = REPO / "experiments" / "quickstart.yaml"
 
 
 def ensure_synth_dataset(path: Path, clips: int, seed: int = 0, conventions=None, protocol: str | None = None) -> Path:
-    """The cached synthetic benchmark at `path`, written if missing, or rewritten when it
-    lacks `protocol` (a cache from a version without the `*_val` protocols)."""
+    """The cached synthetic benchmark at `path`, written if missing, or rewritten when it is
+    this benchmark (same name) but lacks `protocol` (a cache from a version without the
+    `*_val` protocols). Any other dataset at `path` is left alone."""
     import json
 
     from msclr_core.data.synth import write_synth_dataset
 
     manifest = path / "manifest.json"
-    stale = manifest.exists() and protocol and protocol not in json.loads(manifest.read_text()).get("splits", {})
+    stale = False
+    if manifest.exists() and protocol:
+        found = json.loads(manifest.read_text())
+        stale = found.get("name") == f"synth-{clips}-seed{seed}" and protocol not in found.get("splits", {})
     if not manifest.exists() or stale:
         t0 = time.perf_counter()
         write_synth_dataset(path, clips=clips, seed=seed, conventions=conventions, overwrite=bool(stale))
