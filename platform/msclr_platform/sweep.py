@@ -148,8 +148,15 @@ def _trial(params: dict, sweep: Sweep, parent_id: str, uri: str) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from . import console
     from .experiment import Hooks, run_experiment
 
+    # The trial runs in a Ray worker process: the sweep command's quiet settings reach it
+    # through the environment, but its own warning filters and logger levels are set here.
+    # The sweep prints the parent run's link; the trials' own "View run" lines would repeat it.
+    console.configure()
+    if not console.verbose():
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_run_config(sweep, params["params"], trial_id, uri)
     hooks = Hooks(tags={"msclr.kind": "trial", "trial_id": trial_id}, callbacks=[TuneReportCallback()])
