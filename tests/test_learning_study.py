@@ -72,11 +72,12 @@ def test_ab_mode_trains_only_msclr_and_reads_the_initial_encoder(tmp_path, msclr
     out = tmp_path / "ab.json"
     sets = ["model.num_blocks=2", "model.hidden_dim=16", "optim.batch_size=32", "method.queue_size=128",
             "eval.knn_k=5", "optim.convention_lr_mult=2.0"]
-    argv = ["bench", "learning", "--clips", "240", "--budgets", "0", "1", "--seeds", "1", "--models", "msclr",
-            "--no-references", "--no-mlflow", "--split", "val", "--out", str(out)] + [a for s in sets for a in ("--set", s)]
+    argv = ["bench", "learning", "--clips", "240", "--budgets", "0", "1", "--seeds", "1", "--first-seed", "2",
+            "--models", "msclr", "--no-references", "--no-mlflow", "--split", "val", "--out", str(out)] + [a for s in sets for a in ("--set", s)]
     assert main(argv) == 0
     result = json.loads(out.read_text())
-    assert result["split"] == "xsub_val.val"
+    assert result["split"] == "xsub_val.val" and result["seeds"] == [2]
+    assert {p["seed"] for p in result["points"]} == {2}
     assert [(p["model"], p["epochs"]) for p in result["points"]] == [("msclr", 0), ("msclr", 1)]
     assert result["points"][0]["steps"] == 0 and result["points"][1]["steps"] >= 1
     assert result["references"] == {"raw": [], "random-init": [], "supervised": []}

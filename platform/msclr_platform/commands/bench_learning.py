@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 4, 8],
                         help="pretraining epochs to evaluate (0: the initial encoder)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per point (pretraining and probe seed)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds are FIRST..FIRST+SEEDS-1 (to add seeds to an earlier study)")
     parser.add_argument("--models", nargs="+", choices=["msclr", "single"], default=["msclr", "single"],
                         help="which models to pretrain (an A/B of one setting needs only msclr)")
     parser.add_argument("--no-references", action="store_true",
@@ -90,7 +92,7 @@ def main(args) -> int:
     ensure_synth_dataset(Path(cfg.data.path), args.clips, conventions=["ntu-rgb+d", "smplx_42", "smpl_24", "h36m_17"],
                          protocol=cfg.data.protocol)
     data, labels, k = load_eval_data(cfg)
-    result = run_study(cfg, data, labels, k, budgets=args.budgets, seeds=list(range(args.seeds)),
+    result = run_study(cfg, data, labels, k, budgets=args.budgets, seeds=list(range(args.first_seed, args.first_seed + args.seeds)),
                        models=tuple(args.models), references=not args.no_references)
     result["split"] = f"{cfg.data.protocol}.{cfg.data.test_part}"
     if args.out:  # the measurements first: nothing after this may lose them
