@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_cli_output import NOISE
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +60,11 @@ def test_smoke_sweep_asha_interrupt_resume(tmp_path, mlflow_server, msclr_home):
     resumed = subprocess.run([*args, "--resume", "--json"], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=1500)
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
     print(resumed.stdout[-3000:])
+    # Quiet by default in sweeps too: Ray's and MLflow's own lines stay off the terminal, also those
+    # of the trial processes, and no "View run" pair per trial (the parent's link is printed once).
+    output = first_log + resumed.stdout + resumed.stderr
+    for marker in (*NOISE, "View run", "UserWarning", "Cleaning up placement group"):
+        assert marker not in output, (marker, output[-4000:])
 
     sweeps = client.search_runs([client.get_run(parent).info.experiment_id], "tags.`msclr.kind` = 'sweep'")
     assert [r.info.run_id for r in sweeps] == [parent]  # one parent, reused on resume

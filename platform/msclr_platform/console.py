@@ -45,9 +45,11 @@ VERBOSE_ENV = "MSCLR_VERBOSE"  # 1: as -v (also for library callers and Ray job 
 PROGRESS_ENV = "MSCLR_PROGRESS"  # 1: rank 0 draws a progress bar within each epoch
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # Forwarded worker lines dropped by the driver when quiet: Ray core's error line for the Train controller's
-# PreemptionWatcher actor, on every run (ray-project/ray#53727), and the worker's per-report TrainingReport
-# dump (logged by a logger named after its file, which LoggingConfig's `ray.train` filter misses).
-RAY_SKIP = r"has constructor arguments in the object store and max_restarts > 0|Reporting training result \d+: TrainingReport\("
+# PreemptionWatcher actor, on every run (ray-project/ray#53727), the worker's per-report TrainingReport
+# dump (logged by a logger named after its file, which LoggingConfig's `ray.train` filter misses), and
+# Train's placement-group cleaner announcing its work after a sweep's scheduler stopped a trial driver.
+RAY_SKIP = (r"has constructor arguments in the object store and max_restarts > 0|Reporting training result \d+: TrainingReport\("
+            r"|Detected that the Ray Train controller actor \(\w+\) is dead\. Cleaning up placement group")
 
 _state = {"verbose": None, "json_fd": None}
 

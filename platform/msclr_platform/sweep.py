@@ -151,9 +151,8 @@ def _trial(params: dict, sweep: Sweep, parent_id: str, uri: str) -> None:
     from . import console
     from .experiment import Hooks, run_experiment
 
-    # The trial runs in a Ray worker process: the sweep command's quiet settings reach it
-    # through the environment, but its own warning filters and logger levels are set here.
-    # The sweep prints the parent run's link; the trials' own "View run" lines would repeat it.
+    # The trial runs in a Ray worker process, on a cluster perhaps started without the sweep's
+    # environment: its warning filters, logger levels and the one-link rule are set here.
     console.configure()
     if not console.verbose():
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -177,9 +176,13 @@ def run_sweep(path: str | Path, resume: bool = False, overrides: list[str] | Non
     from .tracking import check_reachable, ensure_tracking_uri, get_or_create_run
     from .train import init_ray, storage_path
 
+    from . import console
+
     sweep = load_sweep(path, overrides)
     spec = sweep.spec
     base = from_dict(ExperimentConfig, sweep.base, source=str(sweep.path))
+    if not console.verbose():  # one link, the parent's, printed at the end: not a "View run" pair per trial
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     uri = ensure_tracking_uri(base.tracking.tracking_uri, quiet=quiet)
     check_reachable(uri)
     client = MlflowClient(uri)
