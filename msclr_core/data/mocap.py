@@ -77,8 +77,8 @@ def import_real_mocap_npz(npz_path, out_dir, conventions=("ntu-rgb+d", "h36m_17"
 
     Splits: Bandai files ("style") get protocol "style": styles < test_styles_from train, the
     rest test, and "style_val": the same with every fifth training style (the 3rd, 8th, ...)
-    held out as a `val` part for choosing settings. CMU files ("subject") get protocol "subject": the highest subject id is the
-    test set. ntu-rgb+d uses the file's own ntu25 map; other conventions use JOINT_MAPS.
+    held out as a `val` part for choosing settings. CMU files ("subject") get protocol
+    "subject": the highest subject id is the test set. ntu-rgb+d uses the file's own ntu25 map; other conventions use JOINT_MAPS.
     """
     from msclr_core.conventions import get_convention
     from msclr_core.data.writer import write_dataset

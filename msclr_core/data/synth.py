@@ -14,7 +14,8 @@ and the two persons' relative position stay visible). A single-person clip has a
 all-zero person 2, as in NTU. "left"/"right" in class names mean the actor's own side.
 Splits: `xsub` (NTU-120 xsub training subject IDs vs the rest) and `xview` (camera 1
 is the test camera); `xsub_val` / `xview_val` add a subject-disjoint `val` part taken out of
-train, for choosing settings without touching the test part. Only 3-D conventions can be rendered (openpose_25 is 2-D pixels).
+train, for choosing settings without touching the test part. Only 3-D conventions can be
+rendered (openpose_25 is 2-D pixels).
 
 Difficulty (seed 0, 10,000 clips, chance 1/17 = 5.9 %): a closed-form one-vs-all ridge
 classifier on all 7,500 raw ntu-rgb+d coordinates (`ridge_top1`, l2=1) reaches 73.6 %

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from msclr_core.errors import ConfigError
 
-from . import validate
+from . import console, validate
 from .config import ExperimentConfig, deep_merge, flatten, from_dict, read_yaml, resolve_paths
 from .search_space import (SEARCH_ALGS, SchedulerSpec, candidates, check_distribution, expected_trials, param_space,
                            scheduler, searcher)
@@ -148,7 +148,6 @@ def _trial(params: dict, sweep: Sweep, parent_id: str, uri: str) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from . import console
     from .experiment import Hooks, run_experiment
 
     # The trial runs in a Ray worker process, on a cluster perhaps started without the sweep's
@@ -175,8 +174,6 @@ def run_sweep(path: str | Path, resume: bool = False, overrides: list[str] | Non
     from .resources import check_resources
     from .tracking import check_reachable, ensure_tracking_uri, get_or_create_run
     from .train import init_ray, storage_path
-
-    from . import console
 
     sweep = load_sweep(path, overrides)
     spec = sweep.spec

@@ -92,8 +92,9 @@ def main(args) -> int:
     ensure_synth_dataset(Path(cfg.data.path), args.clips, conventions=["ntu-rgb+d", "smplx_42", "smpl_24", "h36m_17"],
                          protocol=cfg.data.protocol)
     data, labels, k = load_eval_data(cfg)
-    result = run_study(cfg, data, labels, k, budgets=args.budgets, seeds=list(range(args.first_seed, args.first_seed + args.seeds)),
-                       models=tuple(args.models), references=not args.no_references)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    result = run_study(cfg, data, labels, k, budgets=args.budgets, seeds=seeds, models=tuple(args.models),
+                       references=not args.no_references)
     result["split"] = f"{cfg.data.protocol}.{cfg.data.test_part}"
     if args.out:  # the measurements first: nothing after this may lose them
         from msclr_core.io_utils import atomic_write_text
