@@ -273,3 +273,42 @@ def test_pca_legend_names_the_classes(tmp_path):
     finally:
         plots._plt().close(fig)
     assert plots.embedding_pca(feats, labels, names, tmp_path / "pca.png", "t").stat().st_size > 0
+
+
+def test_same_new_dataset_logged_by_concurrent_runs(tmp_path, mlflow_server):
+    """A sweep's concurrent trials log the same new dataset at once: each insert races for the
+    dataset's unique key. Every run must end up with the dataset as its input (one trial failed
+    with 'UNIQUE constraint failed: datasets...' before log_dataset retried)."""
+    import threading
+    import uuid
+
+    from mlflow.tracking import MlflowClient
+
+    from msclr_platform.tracking import log_dataset
+
+    client = MlflowClient(mlflow_server)
+    exp = client.create_experiment(f"dataset-race-{uuid.uuid4().hex[:8]}")
+    errors, runs = [], []
+    for rep in range(3):  # three fresh datasets, eight runs logging each at the same moment
+        root = tmp_path / f"race-{rep}"
+        root.mkdir()
+        (root / "manifest.json").write_text(json.dumps({"name": f"race-{rep}", "nonce": uuid.uuid4().hex}))
+        ds = SimpleNamespace(name=f"race-{rep}", sample_names=[f"s{i}" for i in range(50)], labels=np.arange(50) % 5,
+                             root=root)
+        ids = [client.create_run(exp).info.run_id for _ in range(8)]
+        runs += ids
+        barrier = threading.Barrier(len(ids))
+
+        def log(run_id, ds=ds, barrier=barrier):
+            barrier.wait()
+            try:
+                log_dataset(client, run_id, "/nowhere", ds)
+            except Exception as err:  # noqa: BLE001 - collected and asserted below
+                errors.append(repr(err)[:300])
+
+        threads = [threading.Thread(target=log, args=(r,)) for r in ids]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    assert errors == []
+    for run_id in runs:
+        assert [d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs] in (["race-0"], ["race-1"], ["race-2"])

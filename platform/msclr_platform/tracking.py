@@ -204,11 +204,22 @@ def log_dataset(client, run_id: str, source: str, ds) -> None:
     import pandas as pd
     from mlflow.entities import DatasetInput, InputTag
 
+    from mlflow.exceptions import RestException
+
     table = pd.DataFrame({"sample": list(ds.sample_names), "label": np.asarray(ds.labels)})
     dataset = mlflow.data.from_pandas(table, source=source, name=ds.name, digest=dataset_digest(ds))
-    client.log_inputs(
-        run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "pretrain")])]
-    )
+    inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "pretrain")])]
+    for attempt in range(3):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except RestException as err:
+            # Runs that log the same new dataset at once (a sweep's concurrent trials) race on its
+            # insert: one wins, the others fail on the unique key. Retried, the server finds the
+            # dataset and only links it to the run.
+            if attempt == 2 or not re.search(r"unique constraint|duplicate", str(err), re.IGNORECASE):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def log_table(client, run_id: str, table, artifact_file: str) -> None:
